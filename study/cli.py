@@ -1,0 +1,117 @@
+"""The ``selfd`` command line.
+
+Bad input (config, overrides, unknown model or task, unreachable hub assets) ends with one line on stderr
+and exit code 2, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from trainables.cache import AssetError
+    from trainables.config import ConfigError
+    from trainables.loop import TrainingDiverged
+
+    try:
+        return args.handler(args)
+    except (ConfigError, AssetError) as error:
+        print(f"selfd: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingDiverged as error:
+        print(f"selfd: training diverged: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("selfd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfd", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="one fine-tuning run without Ray (debugging, baselines)")
+    train.add_argument("config", metavar="CONFIG.yaml")
+    train.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="set a config field, e.g. --override distill.tau=3 (repeatable)")
+    train.set_defaults(handler=_train)
+
+    data = commands.add_parser("data", help="fetch and cache models and data sets")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    prepare = data_commands.add_parser("prepare", help="fetch, split and cache tasks (default: the packaged ones)")
+    prepare.add_argument("tasks", nargs="*", metavar="TASK")
+    prepare.add_argument("--model", action="append", default=None, metavar="MODEL",
+                         help="also fetch this model (alias, hub id or folder); default: the packaged aliases")
+    prepare.set_defaults(handler=_prepare)
+    return parser
+
+
+def _train(args) -> int:
+    from trainables.config import load_config
+    from trainables.loop import fine_tune
+
+    config = load_config(args.config, args.override)
+    summary = fine_tune(config, ConsoleReporter())
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _prepare(args) -> int:
+    from tqdm import tqdm
+
+    from trainables.config import TaskConfig
+    from trainables.models import MODEL_ALIASES, resolve_model
+    from trainables.tasks import BIGBENCH_TASKS, load_task
+
+    tasks = args.tasks or list(BIGBENCH_TASKS)
+    models = args.model if args.model is not None else list(MODEL_ALIASES)
+    configs = [TaskConfig(name=name) for name in tasks]  # validated before anything is fetched
+    with tqdm(total=len(configs) + len(models), unit="asset", file=sys.stderr) as progress:
+        for name in models:
+            progress.set_description(f"model {name}")
+            print(f"model {name}: {resolve_model(name)}")
+            progress.update()
+        for config in configs:
+            progress.set_description(f"task {config.name}")
+            task = load_task(config)
+            print(f"task {task.name}: {len(task.train)} train / {len(task.validation)} validation, "
+                  f"labels {', '.join(task.label_names)}, fingerprint {task.fingerprint}")
+            progress.update()
+    return 0
+
+
+class ConsoleReporter:
+    """A progress line per logging step and per epoch, on stderr (stdout carries the JSON summary)."""
+
+    def __init__(self) -> None:
+        self.last = (time.perf_counter(), 0)
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        if "loss" not in metrics:
+            return  # a gradient-norm-only report
+        now = time.perf_counter()
+        per_step = (now - self.last[0]) / max(1, step - self.last[1])
+        self.last = (now, step)
+        line = f"step {step:5d}  epoch {metrics['epoch']}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}"
+        if "kd" in metrics:
+            line += (f"  kd {metrics['kd']:.4f}  α {metrics['alpha_mean']:.2f} [{metrics['alpha_min']:.2f}, "
+                     f"{metrics['alpha_max']:.2f}]  τ {metrics['tau_mean']:.2f} [{metrics['tau_min']:.2f}, "
+                     f"{metrics['tau_max']:.2f}]  wrong teachers {metrics['wrong_teachers']:.0%}")
+        print(f"{line}  {per_step:.2f} s/step", file=sys.stderr, flush=True)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        print(f"epoch {epoch} done at step {metrics['step']}: val accuracy {metrics['val_accuracy']:.4f}  "
+              f"macro-F1 {metrics['val_macro_f1']:.4f}  val loss {metrics['val_loss']:.4f}  "
+              f"({metrics['seconds']:.0f} s)", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""DLB batching: each optimizer step sees the samples it revisits from the previous step, plus fresh ones.
+
+Step t trains on R_t ∪ F_t. F_t are the next samples of the epoch's shuffled order (every sample is fresh
+exactly once an epoch); R_t are samples of step t-1, whose teacher is the logits they got in step t-1's own
+forward pass — stored detached, so no extra forward pass is ever run. ``reuse="previous"`` revisits step
+t-1's fresh samples (R_t = F_{t-1}); ``reuse="random"`` revisits a random half-batch of step t-1 ("Random
+DLB"). Step 1 revisits nothing, and the teachers carry across epoch boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+
+def fresh_batches(num_samples: int, size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch of sample indices in a seeded random order, cut into batches of ``size``."""
+    return list(torch.randperm(num_samples, generator=generator).split(size))
+
+
+@dataclass(frozen=True)
+class Teachers:
+    """The samples the next step revisits and the logits they got in this step (detached)."""
+
+    ids: Tensor
+    logits: Tensor
+
+
+def next_teachers(ids: Tensor, logits: Tensor, num_fresh: int, size: int,
+                  reuse: Literal["previous", "random"], generator: torch.Generator) -> Teachers:
+    """Choose what the next step revisits from this step's ``ids`` (revisited first, then ``num_fresh`` fresh)."""
+    if reuse == "previous":
+        keep = torch.arange(len(ids) - num_fresh, len(ids))
+    else:
+        keep = torch.randperm(len(ids), generator=generator)[:size]
+    return Teachers(ids[keep], logits.detach()[keep.to(logits.device)])

@@ -1,0 +1,183 @@
+"""The configuration of one fine-tuning run: a YAML file (plus ``--override a.b=value``) checked by pydantic.
+
+Every field is documented in docs/config.md. Invalid values are rejected here, before any data or model
+is loaded, with one line that names the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.losses import RULES
+
+Method = Literal["vanilla", "vanilla_repeat", "static", "dynamic", "warmup_static"]
+PLAIN_BATCH_METHODS = {"vanilla"}  # every other method trains on DLB batches (previous samples + fresh ones)
+
+
+class ConfigError(ValueError):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "minilm-l6"
+    num_layers: int | None = Field(None, gt=0)
+    num_labels: int | None = Field(None, gt=1)
+
+
+class Columns(_Strict):
+    text: str
+    text_pair: str | None = None
+    label: str = "label"
+
+
+class TaskConfig(_Strict):
+    name: str = "epistemic_reasoning"
+    files: str | dict[Literal["train", "validation"], str] | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    columns: Columns | None = None
+    labels: list[str] | None = Field(None, min_length=2)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    max_length: int = Field(128, ge=8)
+    train_subset: int | None = Field(None, gt=1)
+    validation_subset: int | None = Field(None, gt=1)
+
+    @model_validator(mode="after")
+    def _source_is_consistent(self) -> TaskConfig:
+        if self.files is not None and self.hub is not None:
+            raise ValueError("give either files or hub, not both")
+        if (self.files is not None or self.hub is not None) and self.columns is None:
+            raise ValueError("files and hub data sets need columns: {text: ..., text_pair: ..., label: ...}")
+        if isinstance(self.files, dict) and "train" not in self.files:
+            raise ValueError("files needs a train entry")
+        return self
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(16, gt=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    grad_norm_every: int = Field(50, ge=0)  # 0 turns the probe off
+    eval_batch_size: int = Field(64, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on
+
+
+class DistillConfig(_Strict):
+    alpha: float = Field(1.0, ge=0)
+    tau: float = Field(2.0, gt=0)
+    reuse: Literal["previous", "random"] = "previous"
+    rule: str = "dynsdpb"
+    warmup_fraction: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, rule: str) -> str:
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(sorted(RULES))}")
+        return rule
+
+
+class RunConfig(_Strict):
+    method: Method = "dynamic"
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    training: TrainingConfig = TrainingConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _batch_splits_in_halves(self) -> RunConfig:
+        if self.method not in PLAIN_BATCH_METHODS and self.training.batch_size % 2:
+            raise ValueError(
+                f"method {self.method} reuses half of each batch, so training.batch_size must be even "
+                f"(got {self.training.batch_size})"
+            )
+        return self
+
+
+def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
+    data = apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(one_line(error)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    return parse_config(read_yaml(path), overrides)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """``a.b=value`` sets ``data['a']['b']``; the value is read as YAML (numbers, booleans, lists)."""
+    data = dict(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {override!r} is not of the form key.path=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if isinstance(child, str) and part in ("model", "task"):
+                child = {"name": child}  # `task: rte` then `--override task.max_length=64`
+            node[part] = dict(child) if isinstance(child, dict) else ({} if child is None else child)
+            node = node[part]
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part} is not a mapping")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+    return data
+
+
+def one_line(error: ValidationError) -> str:
+    """The first problem pydantic found, as ``field.path: message``."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = len(error.errors()) - 1
+    return f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
