@@ -76,7 +76,10 @@ def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, 
     loads just those blocks' weights.
     """
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # the load report only says the new head is new
+    logging.disable_progress_bar()
     overrides = {"num_hidden_layers": num_layers} if num_layers else {}
     model = AutoModelForSequenceClassification.from_pretrained(
         path,

