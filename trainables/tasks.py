@@ -297,7 +297,11 @@ def tokenized_task(task: TaskData, tokenizer, tokenizer_id: str, max_length: int
     from datasets import load_from_disk
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocabulary = hashlib.sha256(backend.to_str().encode()).hexdigest() if backend else len(tokenizer)
+    if backend is not None:  # the tokenizer's definition, less the truncation state that calls change
+        definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        vocabulary = content_hash(definition)
+    else:
+        vocabulary = len(tokenizer)
     key = content_hash(task.fingerprint, tokenizer_id, type(tokenizer).__name__, vocabulary, max_length)
 
     def tokenize(folder: Path) -> None:
