@@ -1,0 +1,36 @@
+# The README's commands. `make install` is idempotent: it reinstalls only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Machines without a GPU get the CPU wheel of torch, never the CUDA build. Set TORCH_INDEX to a PyTorch
+# CPU wheel index when your pip has no local copy of the +cpu wheel.
+TORCH_VERSION := 2.13.0
+TORCH_INDEX ?=
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),yes)
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
+else
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+endif
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/selfd train search_spaces/demo_train_cpu.yaml
+
+bench: install
+	$(BIN)/python benchmarks/step_overhead.py --json
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,104 @@
+"""Seconds per optimizer step and peak RSS of each method on MiniLM-L6 with real data.
+
+Each (method, repeat) runs in its own process, so peak RSS is that method's alone; methods are interleaved
+across repeats so machine noise falls on all of them alike. A step is timed from one log call to the next
+(``log_every=1``) after ``--warmup`` steps; the figure is the median over steps, then over repeats.
+
+    python benchmarks/step_overhead.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+METHODS = ("vanilla", "vanilla_repeat", "static", "dynamic")
+
+
+def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: int) -> dict:
+    from trainables.config import PLAIN_BATCH_METHODS, parse_config
+    from trainables.loop import fine_tune
+
+    fresh = batch_size if method in PLAIN_BATCH_METHODS else batch_size // 2
+    config = parse_config({
+        "method": method,
+        "model": "minilm-l6",
+        "task": {"name": "epistemic_reasoning", "max_length": max_length,
+                 "train_subset": fresh * (steps + warmup), "validation_subset": 16},
+        "training": {"epochs": 1, "batch_size": batch_size, "log_every": 1, "grad_norm_every": 0},
+    })
+
+    class StepClock:
+        def __init__(self):
+            self.times = []
+
+        def log_step(self, step, metrics):
+            self.times.append(time.perf_counter())
+
+        def log_epoch(self, epoch, metrics):
+            pass
+
+    clock = StepClock()
+    summary = fine_tune(config, clock)
+    durations = [b - a for a, b in zip(clock.times, clock.times[1:])][warmup - 1:]
+    return {"seconds_per_step": statistics.median(durations), "steps_timed": len(durations),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": summary["threads"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON result")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    shape = (args.steps, args.warmup, args.batch_size, args.max_length)
+    if args.child:
+        print(json.dumps(measure(args.child, *shape)))
+        return
+
+    runs = {method: [] for method in METHODS}
+    for repeat in range(args.repeats):
+        for method in METHODS:
+            command = [sys.executable, __file__, "--child", method, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+                       "--max-length", str(args.max_length)]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            runs[method].append(json.loads(output.strip().splitlines()[-1]))
+            if not args.json:
+                print(f"repeat {repeat + 1}/{args.repeats} {method}: {runs[method][-1]}", file=sys.stderr)
+
+    methods = {method: {"seconds_per_step": round(statistics.median(r["seconds_per_step"] for r in rs), 4),
+                        "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in rs), 1)}
+               for method, rs in runs.items()}
+    base = methods["vanilla_repeat"]
+    ratios = {method: {"time": round(methods[method]["seconds_per_step"] / base["seconds_per_step"], 3),
+                       "memory": round(methods[method]["peak_rss_mb"] / base["peak_rss_mb"], 3)}
+              for method in ("static", "dynamic")}
+    result = {
+        "benchmark": "step_overhead",
+        "model": "minilm-l6",
+        "task": "epistemic_reasoning",
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "threads": runs["vanilla"][0]["threads"],
+        "steps_timed": runs["vanilla"][0]["steps_timed"],
+        "repeats": args.repeats,
+        "methods": methods,
+        "vs_vanilla_repeat": ratios,
+        "targets": {"time": 1.05, "memory": 1.02},
+        "targets_met": all(r["time"] <= 1.05 and r["memory"] <= 1.02 for r in ratios.values()),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
