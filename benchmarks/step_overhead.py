@@ -2,7 +2,8 @@
 
 Each (method, repeat) runs in its own process, so peak RSS is that method's alone; methods are interleaved
 across repeats so machine noise falls on all of them alike. A step is timed from one log call to the next
-(``log_every=1``) after ``--warmup`` steps; the figure is the median over steps, then over repeats.
+(``log_every=1``) after ``--warmup`` steps; the figure is the median over steps, then over repeats. Peak RSS
+is the high-water mark of the process over the timed steps (Linux ``VmHWM``, reset after warm-up).
 
     python benchmarks/step_overhead.py --json
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,11 +34,17 @@ def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: i
     })
 
     class StepClock:
+        """Times each step; resets the peak-RSS mark after warm-up and reads it after the last step."""
+
         def __init__(self):
-            self.times = []
+            self.times, self.peak_rss_mb = [], None
 
         def log_step(self, step, metrics):
             self.times.append(time.perf_counter())
+            if step == warmup:
+                reset_peak_rss()
+            if step == warmup + steps:
+                self.peak_rss_mb = peak_rss_mb()
 
         def log_epoch(self, epoch, metrics):
             pass
@@ -47,7 +53,19 @@ def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: i
     summary = fine_tune(config, clock)
     durations = [b - a for a, b in zip(clock.times, clock.times[1:])][warmup - 1:]
     return {"seconds_per_step": statistics.median(durations), "steps_timed": len(durations),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "threads": summary["threads"]}
+            "peak_rss_mb": clock.peak_rss_mb, "threads": summary["threads"]}
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so the peak covers the timed steps, not model loading."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def main() -> None:
