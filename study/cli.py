@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 
@@ -44,6 +45,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="set a config field, e.g. --override distill.tau=3 (repeatable)")
     train.set_defaults(handler=_train)
 
+    run = commands.add_parser("run", help="run a study (embedded Ray unless --address names a cluster)")
+    run.add_argument("spec", metavar="SPEC.yaml")
+    run.add_argument("--study-dir", metavar="DIR", help="where the study is written (default: studies/<name>)")
+    run.add_argument("--address", metavar="HOST:PORT", help="a running Ray cluster to schedule trials on")
+    run.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="set a spec field, e.g. --override training.epochs=2 (repeatable)")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser("validate", help="check a study spec without running it")
+    validate.add_argument("spec", metavar="SPEC.yaml")
+    validate.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.set_defaults(handler=_validate)
+
+    report = commands.add_parser("report", help="(re)build a study's report from its MLflow runs")
+    report.add_argument("study_dir", metavar="STUDY_DIR")
+    report.set_defaults(handler=_report)
+
     data = commands.add_parser("data", help="fetch and cache models and data sets")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")
     prepare = data_commands.add_parser("prepare", help="fetch, split and cache tasks (default: the packaged ones)")
@@ -62,6 +80,43 @@ def _train(args) -> int:
     summary = fine_tune(config, ConsoleReporter())
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _validate(args) -> int:
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, args.override)
+    trials = spec.grid_size() * len(spec.methods) if spec.search.algorithm == "grid" else \
+        spec.search.num_samples * len(spec.methods)
+    print(f"{args.spec}: valid study '{spec.name}': {trials} search trials "
+          f"({spec.search.algorithm}, {', '.join(spec.methods)}), "
+          f"{len(spec.baselines) * len(spec.seeds)} baseline trials")
+    return 0
+
+
+def _run(args) -> int:
+    from study.report import write_report
+    from study.runner import run_study
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, args.override)
+    study_dir = Path(args.study_dir or Path("studies") / spec.name)
+    tracking = run_study(spec, study_dir, args.address)
+    report = write_report(study_dir)
+    print(f"report: {report}")
+    print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
+    return 0
+
+
+def _report(args) -> int:
+    from study.report import write_report
+
+    print(f"report: {write_report(Path(args.study_dir))}")
+    return 0
+
+
+def run_url(server: str, tracking) -> str:
+    return f"{server}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
 
 
 def _prepare(args) -> int:
@@ -107,7 +162,7 @@ class ConsoleReporter:
                      f"{metrics['tau_max']:.2f}]  wrong teachers {metrics['wrong_teachers']:.0%}")
         print(f"{line}  {per_step:.2f} s/step", file=sys.stderr, flush=True)
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint=None) -> None:
         print(f"epoch {epoch} done at step {metrics['step']}: val accuracy {metrics['val_accuracy']:.4f}  "
               f"macro-F1 {metrics['val_macro_f1']:.4f}  val loss {metrics['val_loss']:.4f}  "
               f"({metrics['seconds']:.0f} s)", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ class RecordingReporter:
     def log_step(self, step, metrics):
         self.steps.append((step, metrics))
 
-    def log_epoch(self, epoch, metrics):
+    def log_epoch(self, epoch, metrics, save_checkpoint=None):
         self.epochs.append((epoch, metrics))
 
 

@@ -73,3 +73,33 @@ def test_decoder_model_with_a_classification_head(tmp_path):
     assert all(math.isfinite(m["loss"]) for _, m in reporter.steps if "loss" in m)
     grads = next(m for _, m in reporter.steps if "grad_norm/block_01" in m)
     assert {"grad_norm/embeddings", "grad_norm/block_00", "grad_norm/head"} <= set(grads)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
+    config = fast_config("dynamic", training={"epochs": 2, "log_every": 1})
+    straight = RecordingReporter()
+    fine_tune(config, straight)
+
+    class CrashAfterFirstEpoch(RecordingReporter):
+        def log_epoch(self, epoch, metrics, save_checkpoint=None):
+            save_checkpoint(tmp_path / "checkpoint")
+            raise Crash
+
+    with pytest.raises(Crash):
+        fine_tune(config, CrashAfterFirstEpoch())
+    resumed = RecordingReporter()
+    summary = fine_tune(config, resumed, resume_from=tmp_path / "checkpoint")
+
+    first_epoch_steps = straight.epochs[0][1]["step"]
+    assert [s for s, _ in resumed.steps][0] == first_epoch_steps + 1
+    expected = [(s, m) for s, m in straight.steps if s > first_epoch_steps]
+    assert [s for s, _ in resumed.steps] == [s for s, _ in expected]
+    for (_, got), (_, want) in zip(resumed.steps, expected):
+        assert got["loss"] == want["loss"] and got.get("alpha_mean") == want.get("alpha_mean")
+    assert resumed.epochs[0][0] == 2
+    assert resumed.epochs[0][1]["val_accuracy"] == straight.epochs[1][1]["val_accuracy"]
+    assert summary["steps"] == straight.epochs[1][1]["step"]

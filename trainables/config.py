@@ -119,8 +119,9 @@ class RunConfig(_Strict):
         return self
 
 
-def parse_config(data: dict, overrides: list[str] = ()) -> RunConfig:
-    data = apply_overrides(data, overrides)
+def parse_config(data: dict, overrides: list[str] = (), values: dict | None = None) -> RunConfig:
+    """A checked RunConfig from ``data`` with ``--override`` strings and then dotted-path ``values`` applied."""
+    data = with_values(apply_overrides(data, overrides), values or {})
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
@@ -150,26 +151,53 @@ def read_yaml(path: str | Path) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """``a.b=value`` sets ``data['a']['b']``; the value is read as YAML (numbers, booleans, lists)."""
-    data = dict(data)
+    values = {}
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {override!r} is not of the form key.path=value")
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            child = node.get(part)
-            if isinstance(child, str) and part in ("model", "task"):
-                child = {"name": child}  # `task: rte` then `--override task.max_length=64`
-            node[part] = dict(child) if isinstance(child, dict) else ({} if child is None else child)
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {override!r}: {part} is not a mapping")
         try:
-            node[leaf] = yaml.safe_load(raw)
+            values[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+    return with_values(data, values)
+
+
+def with_values(data: dict, values: dict) -> dict:
+    """A copy of ``data`` with each dotted path in ``values`` set (``{"distill.tau": 3}``).
+
+    Keys that themselves hold dots (a study's ``search.space`` names fields like ``distill.tau``) are matched
+    whole where they exist: ``search.space.distill.tau.values`` reaches ``space["distill.tau"]["values"]``.
+    """
+    data = dict(data)
+    for key, value in values.items():
+        parts, node = key.split("."), data
+        while True:
+            existing = [j for j in range(len(parts), 1, -1) if ".".join(parts[:j]) in node]
+            take = existing[0] if existing else 1
+            name, parts = ".".join(parts[:take]), parts[take:]
+            if not parts:
+                node[name] = value
+                break
+            child = node.get(name)
+            if isinstance(child, str) and name in ("model", "task"):
+                child = {"name": child}  # `task: rte` then `task.max_length=64`
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"{key}: {name} is not a mapping")
+            node[name] = dict(child or {})
+            node = node[name]
     return data
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """Nested mappings as one level of dotted keys (``{"distill": {"tau": 2}}`` → ``{"distill.tau": 2}``)."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def one_line(error: ValidationError) -> str:

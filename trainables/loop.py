@@ -12,8 +12,9 @@ The teacher of a revisited sample is the logits it got in the previous step's fo
 
 The loop reports through a ``Reporter``: every ``log_every`` steps the window means of ce, kd, loss and
 min/mean/max of α and τ (plus the fraction of wrong teachers), every ``grad_norm_every`` steps the per-layer
-log10 mean |grad|, and every epoch the validation metrics. The command line prints them; the Ray trainable
-sends them to Tune and MLflow.
+log10 mean |grad|, and every epoch the validation metrics with a function that saves a checkpoint. The command
+line prints them; the Ray trainable sends them to Tune and MLflow. A run resumed from a checkpoint continues
+exactly where it stopped (weights, optimizer, schedule, batch order, teachers and RNG states).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import math
 import os
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from trainables import losses
-from trainables.batching import fresh_batches, next_teachers
+from trainables.batching import Teachers, fresh_batches, next_teachers
 from trainables.config import PLAIN_BATCH_METHODS, ConfigError, RunConfig
 from trainables.grad_norms import layer_groups, log10_grad_norms
 from trainables.models import load_classifier, load_tokenizer, resolve_model
@@ -46,12 +48,18 @@ class Reporter:
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        pass
+    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint) -> None:
+        """``save_checkpoint(folder)`` writes what ``fine_tune(..., resume_from=folder)`` needs."""
 
 
-def fine_tune(config: RunConfig, reporter: Reporter | None = None) -> dict:
-    """Train as ``config`` says and return a summary (best validation accuracy, steps, seconds, …)."""
+CHECKPOINT_FILE = "training_state.pt"
+
+
+def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: str | Path | None = None) -> dict:
+    """Train as ``config`` says and return a summary (best validation accuracy, steps, seconds, …).
+
+    ``resume_from`` is a folder written by the ``save_checkpoint`` a reporter received at an epoch's end.
+    """
     reporter = reporter or Reporter()
     started = time.perf_counter()
     training, distill = config.training, config.distill
@@ -85,8 +93,32 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None) -> dict:
     groups = layer_groups(model)
     window = _Window()
 
-    step, teachers, best = 0, None, {"val_accuracy": -1.0}
-    for epoch in range(1, training.epochs + 1):
+    step, teachers, best, first_epoch = 0, None, {"val_accuracy": -1.0}, 1
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / CHECKPOINT_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step, best, first_epoch = state["step"], state["best"], state["epoch"] + 1
+        teachers = Teachers(state["teachers"]["ids"], state["teachers"]["logits"]) if state["teachers"] else None
+
+    def save_checkpoint(folder: str | Path) -> None:
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "step": step, "epoch": epoch, "best": best,
+            "teachers": {"ids": teachers.ids, "logits": teachers.logits} if teachers is not None else None,
+        }
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+
+    metrics = {}
+    for epoch in range(first_epoch, training.epochs + 1):
         model.train()
         for fresh in fresh_batches(len(train_rows["labels"]), fresh_size, generator):
             step += 1
@@ -131,7 +163,7 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None) -> dict:
                    "step": step, "seconds": time.perf_counter() - started}
         if metrics["val_accuracy"] > best["val_accuracy"]:
             best = {**metrics, "epoch": epoch}
-        reporter.log_epoch(epoch, {**metrics, "best_val_accuracy": best["val_accuracy"]})
+        reporter.log_epoch(epoch, {**metrics, "best_val_accuracy": best["val_accuracy"]}, save_checkpoint)
 
     return {
         "method": config.method,
@@ -140,7 +172,7 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None) -> dict:
         "best_val_accuracy": best["val_accuracy"],
         "best_val_macro_f1": best["val_macro_f1"],
         "best_epoch": best["epoch"],
-        "final_val_accuracy": metrics["val_accuracy"],
+        "final_val_accuracy": metrics.get("val_accuracy", best["val_accuracy"]),
         "majority_accuracy": task.majority_accuracy,
         "epochs": training.epochs,
         "steps": step,

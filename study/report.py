@@ -1,0 +1,275 @@
+"""A study's report, built from its MLflow runs: results table, τ/α heatmaps, gradient-norm traces, parameter
+importances and a summary, written to ``<study dir>/report`` and logged to the parent run.
+
+Re-running it replaces the files and the parent run's artifacts; it never creates runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
+
+from study.runner import STUDY_FILE  # noqa: E402
+from study.spec import StudySpec  # noqa: E402
+from trainables.config import ConfigError  # noqa: E402
+
+REFERENCE_METHODS = ("vanilla", "dynamic")
+
+
+def write_report(study_dir: Path) -> Path:
+    study_dir = Path(study_dir).resolve()
+    if not (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
+    info = json.loads((study_dir / STUDY_FILE).read_text())
+    spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
+    client = MlflowClient(info["tracking_uri"])
+    table = results_table(client, info, spec)
+    out = study_dir / "report"
+    for folder in ("heatmaps", "grad_norms", "importance"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "results.csv", index=False)
+
+    heatmaps = [heatmap(table, spec, method, x, y, out / "heatmaps")
+                for method in spec.methods for x, y in spec.heatmap_axes
+                if spec.search.algorithm == "grid" and x != y]
+    traces = grad_norm_figure(client, table, spec, out / "grad_norms")
+    importance = importance_figure(table, spec, out / "importance")
+    (out / "summary.md").write_text(summary(spec, table, [h for h in heatmaps if h], traces, importance))
+
+    parent = info["parent_run_id"]
+    client.log_artifact(parent, str(out / "results.csv"))
+    client.log_artifact(parent, str(out / "summary.md"))
+    for folder in ("heatmaps", "grad_norms", "importance"):
+        if any((out / folder).iterdir()):
+            client.log_artifacts(parent, str(out / folder), folder)
+    return out
+
+
+def results_table(client: MlflowClient, info: dict, spec: StudySpec) -> pd.DataFrame:
+    """One row per trial: phase, method, searched values, seed, status, epochs, best and final metric."""
+    runs = client.search_runs([info["experiment_id"]], max_results=10000,
+                              filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{info['parent_run_id']}'")
+    rows = []
+    for run in runs:
+        history = sorted(client.get_metric_history(run.info.run_id, spec.metric), key=lambda m: m.step)
+        values = [m.value for m in history]
+        best = (max(values) if spec.mode == "max" else min(values)) if values else math.nan
+        params = run.data.params
+        rows.append({
+            "trial": run.info.run_name,
+            "phase": run.data.tags.get("selfd.phase", ""),
+            "method": params.get("method", ""),
+            **{name: _number(params.get(name)) for name in spec.search.space},
+            "seed": int(params.get("training.seed", -1)),
+            "status": run.info.status,
+            "epochs": len(values),
+            f"best_{spec.metric}": best,
+            f"final_{spec.metric}": values[-1] if values else math.nan,
+            "seconds": run.data.metrics.get("seconds", math.nan),
+            "failure": run.data.tags.get("selfd.failure", ""),
+            "run_id": run.info.run_id,
+        })
+    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs",
+               f"best_{spec.metric}", f"final_{spec.metric}", "seconds", "failure", "run_id"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
+
+
+def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, folder: Path) -> dict | None:
+    """Mean ± std over seeds of the best metric per (x, y) cell, best cell boxed, references in the title."""
+    score = f"best_{spec.metric}"
+    rows = table[(table.phase == f"search-{method}") & table[score].notna()]
+    if rows.empty:
+        return None
+    x_values = sorted(spec.search.space[x].values)
+    y_values = sorted(spec.search.space[y].values)
+    cells = []
+    for yv in y_values:
+        for xv in x_values:
+            scores = rows[(rows[x] == xv) & (rows[y] == yv)][score].tolist()
+            cells.append({"x": xv, "y": yv, "n": len(scores),
+                          "mean": statistics.mean(scores) if scores else None,
+                          "std": statistics.stdev(scores) if len(scores) > 1 else 0.0 if scores else None})
+    scored = [c for c in cells if c["mean"] is not None]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda c: c["mean"])
+    seeds = sorted(set(rows.seed))
+    reference = {}
+    for ref in REFERENCE_METHODS:
+        ref_scores = table[(table.phase == "baselines") & (table.method == ref) & table.seed.isin(seeds)][score]
+        if len(ref_scores):
+            reference[ref] = {"mean": float(ref_scores.mean()), "std": float(ref_scores.std(ddof=1)) if len(ref_scores) > 1 else 0.0,
+                              "n": int(len(ref_scores))}
+
+    grid = [[next(c["mean"] for c in cells if c["x"] == xv and c["y"] == yv) for xv in x_values] for yv in y_values]
+    figure, axes = plt.subplots(figsize=(1.3 * len(x_values) + 3, 1.0 * len(y_values) + 2.2))
+    masked = [[math.nan if v is None else v for v in row] for row in grid]
+    image = axes.imshow(masked, cmap="viridis", origin="lower", aspect="auto")
+    figure.colorbar(image, ax=axes, label=f"{spec.metric} (mean over seeds)")
+    axes.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
+    axes.set_yticks(range(len(y_values)), [f"{v:g}" for v in y_values])
+    axes.set_xlabel(_label(x))
+    axes.set_ylabel(_label(y))
+    for cell in cells:
+        if cell["mean"] is None:
+            continue
+        i, j = y_values.index(cell["y"]), x_values.index(cell["x"])
+        axes.text(j, i, f"{cell['mean']:.3f}\n±{cell['std']:.3f}", ha="center", va="center", fontsize=8,
+                  color="white" if cell is not best else "black",
+                  bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
+    bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
+    axes.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    refs = "; ".join(f"{name}: {r['mean']:.3f} ± {r['std']:.3f}" for name, r in reference.items())
+    axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · seeds {seeds}\n"
+                   f"best {best['mean']:.3f} at {_label(x)}={best['x']:g}, {_label(y)}={best['y']:g}"
+                   + (f"\nreference (same seeds) — {refs}" if refs else ""), fontsize=9)
+    figure.tight_layout()
+    stem = f"{spec.task.name}_{method}_{x.split('.')[-1]}_{y.split('.')[-1]}"
+    figure.savefig(folder / f"{stem}.png", dpi=120)
+    plt.close(figure)
+    data = {"task": spec.task.name, "method": method, "model": spec.model.name, "metric": spec.metric,
+            "x": x, "y": y, "x_values": x_values, "y_values": y_values, "seeds": seeds, "cells": cells,
+            "best": best, "reference": reference}
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    return data
+
+
+def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, folder: Path) -> list[str]:
+    """Per-layer log10 mean |grad| over steps, vanilla beside dynamic (the DynSDPB paper's Figures 2/4/5)."""
+    panels = []
+    for method in REFERENCE_METHODS:
+        candidates = table[(table.method == method) & (table.status == "FINISHED")]
+        candidates = candidates.sort_values(["phase", "seed"], key=lambda c: c != "baselines" if c.name == "phase" else c)
+        if len(candidates):
+            panels.append((method, candidates.iloc[0]))
+    if not panels:
+        return []
+    run = client.get_run(panels[0][1].run_id)
+    available = sorted(k.removeprefix("grad_norm/") for k in run.data.metrics if k.startswith("grad_norm/"))
+    layers = spec.report.grad_norm_layers or _default_layers(available)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (method, row) in zip(axes[0], panels):
+        for layer in layers:
+            history = sorted(client.get_metric_history(row.run_id, f"grad_norm/{layer}"), key=lambda m: m.step)
+            if history:
+                ax.plot([m.step for m in history], [10 ** m.value for m in history], label=layer)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"{method} (seed {row.seed})")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean |gradient| of the layer (log scale)")
+    axes[0][-1].legend(fontsize=8)
+    figure.suptitle(f"Per-layer gradient norms · {spec.task.name} · {spec.model.name}")
+    figure.tight_layout()
+    path = folder / f"{spec.task.name}_vanilla_vs_dynamic.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path.name]
+
+
+def _default_layers(available: list[str]) -> list[str]:
+    blocks = [name for name in available if name.startswith("block_")]
+    picked = [blocks[0], blocks[len(blocks) // 2], blocks[-1]] if blocks else []
+    return [n for n in ["embeddings", *dict.fromkeys(picked), "head"] if n in available]
+
+
+def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dict:
+    """Optuna's parameter importances of the searched fields, per method (TPE and random searches)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if spec.search.algorithm == "grid" or len(spec.search.space) < 2:
+        return {}
+    score = f"best_{spec.metric}"
+    importances = {}
+    for method in spec.methods:
+        rows = table[(table.phase == f"search-{method}") & table[score].notna()]
+        if len(rows) < 3:
+            continue
+        distributions = {name: CategoricalDistribution(d.values) if d.values is not None
+                         else FloatDistribution(d.low, d.high, log=d.log) for name, d in spec.search.space.items()}
+        study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
+        study.add_trials([optuna.trial.create_trial(params={n: row[n] for n in distributions},
+                                                    distributions=distributions, value=row[score])
+                          for _, row in rows.iterrows()])
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=spec.search.seed)
+        importances[method] = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    if importances:
+        figure, axes = plt.subplots(1, len(importances), figsize=(5 * len(importances), 3), squeeze=False)
+        for ax, (method, values) in zip(axes[0], importances.items()):
+            ax.barh([_label(n) for n in values], list(values.values()))
+            ax.set_xlabel("importance (fANOVA)")
+            ax.set_title(method)
+        figure.tight_layout()
+        figure.savefig(folder / f"{spec.task.name}_importance.png", dpi=120)
+        plt.close(figure)
+        (folder / f"{spec.task.name}_importance.json").write_text(json.dumps(importances, indent=2))
+    return importances
+
+
+def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: list[str], importance: dict) -> str:
+    score = f"best_{spec.metric}"
+    lines = [f"# Study {spec.name}", "", spec.description, "",
+             f"Model `{spec.model.name}`, task `{spec.task.name}`, metric `{spec.metric}` ({spec.mode}), "
+             f"search `{spec.search.algorithm}` over {', '.join(f'`{n}`' for n in spec.search.space)}.", "",
+             "| status | trials |", "|---|---|"]
+    lines += [f"| {status} | {count} |" for status, count in table.status.value_counts().items()]
+    for data in heatmaps:
+        best = data["best"]
+        lines += ["", f"## {data['task']} · {data['method']}: best cell",
+                  f"{_label(data['x'])}={best['x']:g}, {_label(data['y'])}={best['y']:g}: "
+                  f"{best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds."]
+        for name, ref in data["reference"].items():
+            verdict = "beats" if (best["mean"] > ref["mean"]) == (spec.mode == "max") else "does not beat"
+            lines.append(f"- {name}: {ref['mean']:.4f} ± {ref['std']:.4f} — the best cell {verdict} it.")
+    reruns = table[table.phase.str.startswith("rerun-")]
+    if len(reruns):
+        lines += ["", "## Best settings re-run over seeds", "", "| method | mean | std | seeds |", "|---|---|---|---|"]
+        per_method = {m: rows.set_index("seed")[score] for m, rows in reruns.groupby("method")}
+        for method, scores in per_method.items():
+            lines.append(f"| {method} | {scores.mean():.4f} | {scores.std(ddof=1):.4f} | {len(scores)} |")
+        if {"dynamic", "static"} <= set(per_method):
+            lines += ["", paired_comparison(per_method["dynamic"], per_method["static"])]
+    if traces:
+        lines += ["", "Gradient-norm traces: " + ", ".join(f"`grad_norms/{t}`" for t in traces)]
+    if importance:
+        lines += ["", "## Parameter importance"] + [
+            f"- {method}: " + ", ".join(f"{_label(n)} {v:.2f}" for n, v in values.items())
+            for method, values in importance.items()]
+    lines += ["", "Per-trial results: `results.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+def paired_comparison(dynamic: pd.Series, static: pd.Series) -> str:
+    """Dynamic minus static on the seeds both ran: mean difference, wins, and a paired t-test."""
+    from scipy.stats import ttest_rel
+
+    seeds = sorted(set(dynamic.index) & set(static.index))
+    if len(seeds) < 2:
+        return "Paired comparison: fewer than two common seeds."
+    a, b = dynamic[seeds], static[seeds]
+    diff = a - b
+    test = ttest_rel(a, b)
+    p = "n/a (identical scores)" if math.isnan(test.pvalue) else f"{test.pvalue:.3f}"
+    return (f"Paired over seeds {seeds}: dynamic − static = {diff.mean():+.4f} ± {diff.std(ddof=1):.4f}; "
+            f"dynamic wins {(diff > 0).sum()}/{len(seeds)}; paired t-test p = {p}.")
+
+
+def _label(field: str) -> str:
+    return {"distill.tau": "τ", "distill.alpha": "α", "training.learning_rate": "learning rate"}.get(field, field)
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value

@@ -1,0 +1,201 @@
+"""Run a study: check everything it needs, then run its phases as Ray Tune experiments recorded in MLflow.
+
+Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
+1. ``baselines`` — each baseline method once per seed with the base settings (no early stopping);
+2. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
+   with every seed, TPE and random draw ``num_samples`` settings per method at the first seed;
+3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds.
+Every trial is a child run of one MLflow parent run per study execution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from study.spec import StudySpec
+from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, tracking_uri
+from trainables.config import ConfigError, flatten
+
+STUDY_FILE = "study.json"
+
+
+def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> Tracking:
+    """Run ``spec`` into ``study_dir``; returns where it is recorded. Bad input raises before any run exists."""
+    import ray
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    # one checkpoint per trial epoch makes Tune snapshot often; that is expected here, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    study_dir = study_dir.resolve()
+    uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
+    check_reachable(uri)
+    connect_ray(address, spec)
+    prepare_data(spec)
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, spec.mlflow.experiment or spec.name, study_dir, uri)
+    parent = client.create_run(experiment, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
+        "selfd.study": spec.name, "selfd.study_dir": str(study_dir), "selfd.ray_address": address or "local",
+        "selfd.host": platform.node(), "selfd.version": _version(), "mlflow.note.content": spec.description})
+    params = flatten(spec.model_dump(mode="json"))
+    client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    tracking = Tracking(uri, experiment, parent.info.run_id)
+    (study_dir / STUDY_FILE).write_text(json.dumps({"name": spec.name, **tracking.__dict__}, indent=2))
+
+    failed = 0
+    try:
+        if spec.baselines:
+            failed += _fit(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds))
+        best = {}
+        for method, (search_alg, samples) in _searches(spec).items():
+            grid = _fit(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples, asha=True,
+                        keep=True)
+            failed += grid[0]
+            best[method] = best_setting(grid[1], spec)
+        if spec.rerun_best:
+            for method, setting in best.items():
+                if setting is not None:
+                    failed += _fit(spec, study_dir, tracking, f"rerun-{method}",
+                                   _fixed([method], spec.rerun_best.seeds, setting))
+        client.set_terminated(parent.info.run_id, "FINISHED" if not failed else "FAILED")
+    except BaseException:
+        client.set_terminated(parent.info.run_id, "KILLED")
+        raise
+    return tracking
+
+
+def connect_ray(address: str | None, spec: StudySpec) -> None:
+    """Embedded Ray by default; ``address`` joins a running cluster. Checks the cluster can host a trial."""
+    import ray
+
+    if address and "://" not in address and address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot reach the Ray cluster at {address} ({error})") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level="WARNING", configure_logging=True,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {error}") from None
+    resources = ray.cluster_resources()
+    if spec.resources.gpu and resources.get("GPU", 0) < spec.resources.gpu:
+        raise ConfigError(f"resources.gpu asks for {spec.resources.gpu} GPU per trial but the Ray cluster has "
+                          f"{resources.get('GPU', 0):g}; set resources.gpu: 0 or add GPU nodes")
+    if resources.get("CPU", 0) < spec.resources.cpu:
+        raise ConfigError(f"resources.cpu asks for {spec.resources.cpu:g} CPUs per trial but the Ray cluster has "
+                          f"{resources.get('CPU', 0):g}")
+
+
+def prepare_data(spec: StudySpec) -> None:
+    """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here)."""
+    from trainables.models import load_tokenizer, resolve_model
+    from trainables.tasks import load_task, tokenized_task
+
+    task = load_task(spec.task)
+    tokenizer = load_tokenizer(resolve_model(spec.model.name))
+    tokenized_task(task, tokenizer, spec.model.name, spec.task.max_length)
+
+
+def _searches(spec: StudySpec) -> dict:
+    """Per searched method: (OptunaSearch, number of trials)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = spec.search
+    searches = {}
+    for method in spec.methods:
+        space = {"method": CategoricalDistribution([method])}
+        for name, dimension in search.space.items():
+            if dimension.values is not None:
+                space[name] = CategoricalDistribution(dimension.values)
+            elif dimension.integer:
+                space[name] = IntDistribution(int(dimension.low), int(dimension.high), log=dimension.log)
+            else:
+                space[name] = FloatDistribution(dimension.low, dimension.high, log=dimension.log)
+        if search.algorithm == "grid":
+            space["training.seed"] = CategoricalDistribution(spec.seeds)
+            grid = {name: list(d.choices) for name, d in space.items()}
+            sampler, samples = optuna.samplers.GridSampler(grid, seed=search.seed), spec.grid_size()
+        else:
+            space["training.seed"] = CategoricalDistribution([spec.seeds[0]])
+            sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.algorithm == "tpe"
+                       else optuna.samplers.RandomSampler(seed=search.seed))
+            samples = search.num_samples
+        searches[method] = (OptunaSearch(space=space, sampler=sampler, metric=spec.metric, mode=spec.mode), samples)
+    return searches
+
+
+def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) -> dict:
+    from ray import tune
+
+    return {"method": tune.grid_search(methods), "training.seed": tune.grid_search(seeds), **(setting or {})}
+
+
+def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
+         search_alg=None, num_samples: int = 1, asha: bool = False, keep: bool = False):
+    """Run one phase; returns the number of failed trials (and the ResultGrid when ``keep``)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from trainables.tune_trial import run_trial
+
+    scheduler = None
+    if asha and spec.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.training.epochs,
+                                  grace_period=spec.scheduler.grace_period,
+                                  reduction_factor=spec.scheduler.reduction_factor,
+                                  metric=spec.metric, mode=spec.mode)
+    base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
+    trainable = tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        param_space=param_space,
+        # metric and mode live on the searcher and the scheduler: Tune refuses them in two places
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=spec.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=phase, storage_path=str(study_dir / "tune"),
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrialStatus(tracking, spec.training.epochs)], verbose=1),
+    )
+    results = tuner.fit()
+    failed = results.num_errors
+    return (failed, results) if keep else failed
+
+
+def best_setting(results, spec: StudySpec) -> dict | None:
+    """The searched values with the best metric: mean over seeds for a grid, best trial otherwise."""
+    scores: dict[tuple, list[float]] = {}
+    for result in results:
+        if result.metrics_dataframe is None or spec.metric not in result.metrics_dataframe:
+            continue
+        history = result.metrics_dataframe[spec.metric]
+        value = history.max() if spec.mode == "max" else history.min()
+        key = tuple((name, result.config[name]) for name in spec.search.space)
+        scores.setdefault(key, []).append(float(value))
+    if not scores:
+        return None
+    pick = max if spec.mode == "max" else min
+    return dict(pick(scores, key=lambda k: statistics.mean(scores[k])))
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("selfd")

@@ -1,0 +1,189 @@
+"""The study spec: one YAML file that says what to fine-tune, which methods, which search, where it runs and
+where it is recorded. Every field is documented in docs/study.md.
+
+A spec is checked here, before Ray starts or any MLflow run exists: unknown keys, wrong types, empty search
+spaces and run settings that no trial could use (τ ≤ 0, α < 0, an odd batch for DLB methods …) end the
+command with one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import (ConfigError, DistillConfig, Method, ModelConfig, TaskConfig, TrainingConfig,
+                               apply_overrides, one_line, parse_config, read_yaml)
+
+METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_loss": "min"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Dimension(_Strict):
+    """One searched run-config field: a list of ``values`` (grid / categorical), or a ``low``–``high`` range."""
+
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _values_or_range(self) -> Dimension:
+        if self.values is not None:
+            if not self.values:
+                raise ValueError("values is empty")
+            if self.low is not None or self.high is not None:
+                raise ValueError("give values or low/high, not both")
+        elif self.low is None or self.high is None:
+            raise ValueError("give values: [...] or low and high")
+        elif not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    @property
+    def extremes(self) -> list[Any]:
+        return list(self.values) if self.values is not None else [self.low, self.high]
+
+
+class SearchConfig(_Strict):
+    algorithm: Literal["grid", "tpe", "random"] = "grid"
+    space: dict[str, Dimension] = Field(min_length=1)
+    num_samples: int | None = Field(None, gt=0)  # tpe / random: trials per method
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _grid_takes_values(self) -> SearchConfig:
+        if self.algorithm == "grid":
+            ranged = [name for name, d in self.space.items() if d.values is None]
+            if ranged:
+                raise ValueError(f"a grid needs values for every dimension; {ranged[0]} is a range")
+            if self.num_samples is not None:
+                raise ValueError("num_samples is for tpe and random; a grid runs every combination")
+        elif self.num_samples is None:
+            raise ValueError(f"{self.algorithm} needs num_samples (trials per method)")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, gt=0)  # epochs before a trial can be stopped
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Failure(_Strict):
+    max_retries: int = Field(1, ge=0)
+
+
+class Tracking(_Strict):
+    tracking_uri: str | None = None  # default: sqlite:///<study dir>/mlflow.db
+    experiment: str | None = None  # default: the study name
+
+
+class Rerun(_Strict):
+    """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison)."""
+
+    seeds: list[int] = Field(min_length=2)
+
+
+class Report(_Strict):
+    heatmaps: list[tuple[str, str]] | None = None  # (x, y) searched fields; default τ × α when both are searched
+    grad_norm_layers: list[str] | None = None  # default: embeddings, first, middle, last block, head
+
+
+class StudySpec(_Strict):
+    name: str
+    description: str = ""
+    methods: list[Method] = Field(min_length=1)
+    baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
+    seeds: list[int] = Field([0], min_length=1)
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    training: TrainingConfig = TrainingConfig()
+    distill: DistillConfig = DistillConfig()
+    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    search: SearchConfig
+    scheduler: SchedulerConfig = SchedulerConfig()
+    resources: Resources = Resources()
+    max_concurrent_trials: int = Field(2, gt=0)
+    failure: Failure = Failure()
+    mlflow: Tracking = Tracking()
+    report: Report = Report()
+    rerun_best: Rerun | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_slug(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError("use letters, digits, '_', '-' and '.' (it names folders and the MLflow experiment)")
+        return name
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    def base_run(self, method: str) -> dict:
+        """The run config (as a dict) every trial of ``method`` starts from."""
+        return {"method": method, "model": self.model.model_dump(), "task": self.task.model_dump(),
+                "training": self.training.model_dump(), "distill": self.distill.model_dump()}
+
+    @property
+    def heatmap_axes(self) -> list[tuple[str, str]]:
+        if self.report.heatmaps is not None:
+            return self.report.heatmaps
+        default = ("distill.tau", "distill.alpha")
+        return [default] if set(default) <= set(self.search.space) else []
+
+    def grid_size(self) -> int:
+        return math.prod(len(d.values) for d in self.search.space.values()) * len(self.seeds)
+
+
+def check_runs(spec: StudySpec) -> None:
+    """Every run a trial could get must be a valid run config: each method with each searched extreme."""
+    for method in {*spec.methods, *spec.baselines}:
+        parse_config(spec.base_run(method))
+    names = list(spec.search.space)
+    for method in spec.methods:
+        for corner in itertools.product(*(spec.search.space[n].extremes for n in names)):
+            try:
+                parse_config(spec.base_run(method), values=dict(zip(names, corner)))
+            except ConfigError as error:
+                raise ConfigError(f"search.space gives {method} trials a bad run config: {error}") from None
+    for x, y in spec.heatmap_axes:
+        for axis in (x, y):
+            if axis not in spec.search.space:
+                raise ConfigError(f"report.heatmaps: {axis} is not a searched field ({', '.join(names)})")
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    data = apply_overrides(read_yaml(path), overrides)
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(one_line(error)) from None
+    check_runs(spec)
+    return spec

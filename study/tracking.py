@@ -1,0 +1,89 @@
+"""The study's MLflow side, in the driver: tracking store, experiment, parent run, and each child run's final
+status (FINISHED, KILLED when ASHA stopped the trial early, FAILED with the reason).
+
+The store and experiment are created here, before any trial starts: trials only add runs to them (concurrent
+first-time set-up of a sqlite store races).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from ray import tune
+
+from trainables.config import ConfigError
+from trainables.mlflow_run import find_trial_run
+
+
+@dataclass(frozen=True)
+class Tracking:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def for_trials(self, phase: str) -> dict:
+        return {**asdict(self), "phase": phase}
+
+
+def tracking_uri(configured: str | None, study_dir: Path) -> str:
+    return configured or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server must answer /health now, before the study creates anything."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+            if response.status == 200:
+                return
+    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+    raise ConfigError(f"MLflow tracking server {uri} did not answer /health with 200")
+
+
+def experiment_id(client: MlflowClient, name: str, study_dir: Path, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = not uri.startswith(("http://", "https://"))
+    location = (study_dir / "mlartifacts").resolve().as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+class TrialStatus(tune.Callback):
+    """Ends each trial's child run with how the trial ended (the trial itself cannot see ASHA stop it)."""
+
+    def __init__(self, tracking: Tracking, max_epochs: int) -> None:
+        self.tracking = tracking
+        self.max_epochs = max_epochs
+
+    def _end(self, trial, status: str, tags: dict) -> None:
+        client = MlflowClient(self.tracking.tracking_uri)
+        run = find_trial_run(client, self.tracking.experiment_id, trial.trial_id)
+        if run is None:  # the trial failed before it could create its run
+            return
+        for key, value in tags.items():
+            client.set_tag(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs = (trial.last_result or {}).get("training_iteration", 0)
+        if epochs < self.max_epochs:
+            self._end(trial, "KILLED", {"selfd.stopped_early": f"ASHA stopped it after epoch {epochs}"})
+        else:
+            self._end(trial, "FINISHED", {})
+        # an ended trial is never resumed: its checkpoint (weights and optimizer state) only takes disk space
+        for checkpoint in Path(trial.path).glob("checkpoint_*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]
+        self._end(trial, "FAILED", {"selfd.failure": reason[-1][:500] if reason else "unknown error"})

@@ -1,0 +1,126 @@
+"""Studies end to end on a real local Ray instance with a real MLflow sqlite store."""
+
+import json
+import struct
+
+import pytest
+import ray
+import yaml
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from study.cli import main
+
+TINY = {
+    "name": "tiny",
+    "description": "a 2 x 2 grid on 64 examples",
+    "methods": ["static"],
+    "baselines": ["vanilla", "dynamic"],
+    "seeds": [0, 1],
+    "model": {"name": "minilm-l6", "num_layers": 2},
+    "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 64, "validation_subset": 64},
+    "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-4, "log_every": 2, "grad_norm_every": 2},
+    "search": {"algorithm": "grid", "space": {"distill.tau": {"values": [1.0, 3.0]},
+                                              "distill.alpha": {"values": [0.5, 1.0]}}},
+    "scheduler": {"type": "none"},
+    "resources": {"cpu": 1},
+    "max_concurrent_trials": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def write_spec(folder, spec):
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study_runs(study_dir):
+    info = json.loads((study_dir / "study.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    runs = client.search_runs([info["experiment_id"]], max_results=1000)
+    parents = [r for r in runs if MLFLOW_PARENT_RUN_ID not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(MLFLOW_PARENT_RUN_ID) == info["parent_run_id"]]
+    return client, info, parents, children
+
+
+@pytest.fixture(scope="module")
+def grid_study(local_ray, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid")
+    assert main(["run", str(write_spec(folder, TINY)), "--study-dir", str(folder / "study")]) == 0
+    return folder / "study"
+
+
+def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
+    client, info, parents, children = study_runs(grid_study)
+    assert len(parents) == 1 and parents[0].info.run_id == info["parent_run_id"]
+    assert len(children) == 2 * 2 * 2 + 2 * 2  # grid cells × seeds + baselines × seeds
+    searched = [c for c in children if c.data.tags["selfd.phase"] == "search-static"]
+    cells = {(c.data.params["distill.tau"], c.data.params["distill.alpha"], c.data.params["training.seed"])
+             for c in searched}
+    assert cells == {(t, a, s) for t in ("1.0", "3.0") for a in ("0.5", "1.0") for s in ("0", "1")}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["method"] in ("static", "vanilla", "dynamic")
+        run_id = child.info.run_id
+        assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+        assert len(client.get_metric_history(run_id, "loss")) >= 8  # 64 examples, every 2nd step, 2 epochs
+        assert client.get_metric_history(run_id, "grad_norm/block_00")
+    dynamic = next(c for c in children if c.data.params["method"] == "dynamic")
+    assert {"alpha_mean", "alpha_min", "alpha_max", "tau_mean", "kd", "ce"} <= set(dynamic.data.metrics)
+
+    artifacts = {a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")}
+    png = next(p for p in artifacts if p.endswith(".png"))
+    local = client.download_artifacts(info["parent_run_id"], png, str(grid_study / "downloaded"))
+    with open(local, "rb") as image:
+        header = image.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    assert width > 300 and height > 200
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(local)
+    assert pixels.std() > 0.05  # a drawn figure, not a blank canvas
+    data = json.loads((grid_study / "report" / "heatmaps" / png.split("/")[-1].replace(".png", ".json")).read_text())
+    assert len(data["cells"]) == 4 and all(cell["n"] == 2 for cell in data["cells"])
+    assert set(data["reference"]) == {"vanilla", "dynamic"}
+    assert {a.path for a in client.list_artifacts(info["parent_run_id"])} >= {
+        "results.csv", "summary.md", "heatmaps", "grad_norms"}
+    # ended trials leave no checkpoints behind
+    assert not list((grid_study / "tune").rglob("checkpoint_*"))
+
+
+def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study):
+    client, info, parents, children = study_runs(grid_study)
+    before = sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps"))
+    for _ in range(2):
+        assert main(["report", str(grid_study)]) == 0
+    client, info, parents_after, children_after = study_runs(grid_study)
+    assert len(parents_after) == len(parents) == 1 and len(children_after) == len(children)
+    assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before
+
+
+def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
+    spec = {**TINY, "name": "tpe", "baselines": [], "metric": "val_loss",
+            "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
+            "search": {"algorithm": "tpe", "num_samples": 6, "seed": 0,
+                       "space": {"training.learning_rate": {"low": 1e-6, "high": 1e-3, "log": True},
+                                 "distill.alpha": {"low": 0.0, "high": 2.0}}},
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
+    study_dir = tmp_path / "study"
+    assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    client, info, parents, children = study_runs(study_dir)
+    assert len(children) == 6
+    stopped = [c for c in children if c.info.status == "KILLED"]
+    assert stopped, [c.info.status for c in children]
+    for run in stopped:
+        assert "ASHA stopped it" in run.data.tags["selfd.stopped_early"]
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 3
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert (study_dir / "report" / "importance" / "epistemic_reasoning_importance.png").is_file()

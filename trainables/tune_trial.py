@@ -1,0 +1,57 @@
+"""The Ray Tune trial function: one fine-tuning run, reported to Tune per epoch with a checkpoint and logged
+to the trial's MLflow child run.
+
+The trial's ``config`` holds ``method`` and the searched fields as dotted paths (``distill.tau``); everything
+else comes from the study's base run configs, passed once with ``tune.with_parameters``. The run uses as
+many CPU threads as the trial holds CPUs; with a GPU in its resources it trains on CUDA.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import ray
+from ray import tune
+
+from trainables.config import flatten, parse_config
+from trainables.loop import Reporter, fine_tune
+from trainables.mlflow_run import TrialRun
+
+
+class TuneReporter(Reporter):
+    """Per logging step: metrics to MLflow. Per epoch: metrics to MLflow and to Tune, with a checkpoint."""
+
+    def __init__(self, run: TrialRun) -> None:
+        self.run = run
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint) -> None:
+        self.run.log(metrics, epoch)
+        self.run.flush()
+        with tempfile.TemporaryDirectory(prefix="selfd-checkpoint-") as folder:
+            save_checkpoint(folder)
+            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> None:
+    values = dict(config)
+    method = values.pop("method")
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    run_config = parse_config(base_runs[method], values={**values, "training.cpus": max(1, round(cpus))})
+
+    context = tune.get_context()
+    params = {"method": method, **flatten(run_config.model_dump(exclude={"method"}))}
+    run = TrialRun(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
+                   context.get_trial_id(), context.get_trial_name(), params,
+                   tags={"selfd.phase": tracking["phase"], "selfd.method": method})
+    checkpoint = tune.get_checkpoint()
+    try:
+        if checkpoint is None:
+            fine_tune(run_config, TuneReporter(run))
+        else:
+            with checkpoint.as_directory() as folder:
+                fine_tune(run_config, TuneReporter(run), resume_from=folder)
+    finally:
+        run.flush()
