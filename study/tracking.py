@@ -40,13 +40,13 @@ def check_reachable(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
-            if response.status == 200:
-                return
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            return
+    except urllib.error.HTTPError as error:
+        raise ConfigError(f"{uri} answered /health with HTTP {error.code}: is it an MLflow tracking server?") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
-    raise ConfigError(f"MLflow tracking server {uri} did not answer /health with 200")
 
 
 def experiment_id(client: MlflowClient, name: str, study_dir: Path, uri: str) -> str:

@@ -1,0 +1,118 @@
+"""Bad study specs and unusable targets: one line, exit code 2, before any trial or MLflow run exists."""
+
+import copy
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from study.cli import main
+from study.spec import load_spec
+from test_study import TINY
+
+SPECS = Path(__file__).parent.parent / "search_spaces"
+
+
+def spec_with(**changes):
+    spec = copy.deepcopy(TINY)
+    for path, value in changes.items():
+        node = spec
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node[part]
+        if value is None:
+            node.pop(leaf)
+        else:
+            node[leaf] = value
+    return spec
+
+
+BAD = {
+    "unknown key": (spec_with(seed=[0]), "seed: unknown key"),
+    "wrong type": (spec_with(max_concurrent_trials="two"), "max_concurrent_trials: Input should be a valid integer"),
+    "empty space": (spec_with(search__space={}), "search.space: Dictionary should have at least 1 item"),
+    "empty values": (spec_with(search__space={"distill.tau": {"values": []}}), "values is empty"),
+    "tau not positive": (spec_with(search__space={"distill.tau": {"values": [0.0, 1.0]},
+                                                  "distill.alpha": {"values": [1.0]}}),
+                         "distill.tau: Input should be greater than 0"),
+    "alpha negative": (spec_with(search__space={"distill.tau": {"values": [1.0]},
+                                                "distill.alpha": {"values": [-1.0, 1.0]}}),
+                       "distill.alpha: Input should be greater than or equal to 0"),
+    "unknown searched field": (spec_with(search__space={"distill.temperature": {"values": [1.0]}}),
+                               "distill.temperature: unknown key"),
+    "range in a grid": (spec_with(search__space={"distill.tau": {"low": 1.0, "high": 3.0}}), "is a range"),
+    "tpe without samples": (spec_with(search__algorithm="tpe"), "tpe needs num_samples"),
+    "no methods": (spec_with(methods=[]), "methods: List should have at least 1 item"),
+    "odd batch": (spec_with(training__batch_size=7), "training.batch_size must be even"),
+}
+
+
+def assert_refused(capsys, study_dir, expected, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("selfd: error: "), err
+    assert expected in err[0]
+    # nothing was created: no MLflow store, no Tune experiment
+    assert not (study_dir / "mlflow.db").exists() and not (study_dir / "tune").exists()
+
+
+@pytest.mark.parametrize("case", BAD, ids=list(BAD))
+def test_bad_spec(case, tmp_path, capsys):
+    spec, expected = BAD[case]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert_refused(capsys, tmp_path / "study", expected, ["validate", str(path)])
+    assert_refused(capsys, tmp_path / "study", expected, ["run", str(path), "--study-dir", str(tmp_path / "study")])
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def test_unreachable_ray_address(tiny_spec, tmp_path, capsys):
+    assert_refused(capsys, tmp_path / "study", "cannot reach the Ray cluster at 127.0.0.1:1",
+                   ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"), "--address", "127.0.0.1:1"])
+
+
+def test_unreachable_tracking_server(tiny_spec, tmp_path, capsys):
+    assert_refused(capsys, tmp_path / "study", "MLflow tracking server http://127.0.0.1:1 is unreachable",
+                   ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"),
+                    "--override", "mlflow.tracking_uri=http://127.0.0.1:1"])
+
+
+def test_tracking_server_that_is_not_healthy(tiny_spec, tmp_path, capsys):
+    """A real HTTP server on loopback that is not an MLflow server (404 on /health)."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}/not-mlflow"
+        assert_refused(capsys, tmp_path / "study", "answered /health with HTTP 404: is it an MLflow tracking server?",
+                       ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"),
+                        "--override", f"mlflow.tracking_uri={uri}"])
+    finally:
+        server.shutdown()
+
+
+def test_gpu_request_on_a_cluster_without_gpus(tiny_spec, tmp_path, capsys):
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
+    try:
+        assert_refused(capsys, tmp_path / "study", "resources.gpu asks for 0.5 GPU per trial but the Ray cluster has 0",
+                       ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"), "--override", "resources.gpu=0.5"])
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SPECS.glob("*.yaml") if p.name != "demo_train_cpu.yaml"))
+def test_shipped_specs_are_valid(name):
+    spec = load_spec(SPECS / name)
+    assert spec.name == name.removesuffix(".yaml")
