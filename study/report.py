@@ -20,18 +20,15 @@ import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from study.runner import STUDY_FILE  # noqa: E402
+from study.runner import read_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
-from trainables.config import ConfigError  # noqa: E402
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
 
 
 def write_report(study_dir: Path) -> Path:
     study_dir = Path(study_dir).resolve()
-    if not (study_dir / STUDY_FILE).is_file():
-        raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
-    info = json.loads((study_dir / STUDY_FILE).read_text())
+    info = read_study(study_dir).__dict__
     spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
     client = MlflowClient(info["tracking_uri"])
     table = results_table(client, info, spec)
@@ -156,6 +153,8 @@ def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec,
     run = client.get_run(panels[0][1].run_id)
     available = sorted(k.removeprefix("grad_norm/") for k in run.data.metrics if k.startswith("grad_norm/"))
     layers = spec.report.grad_norm_layers or _default_layers(available)
+    if not available or not layers:  # training.grad_norm_every was 0
+        return []
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), sharey=True, squeeze=False)
     for ax, (method, row) in zip(axes[0], panels):
         for layer in layers:

@@ -75,6 +75,15 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     return tracking
 
 
+def read_study(study_dir: Path) -> Tracking:
+    """Where a study directory's runs are recorded."""
+    path = Path(study_dir) / STUDY_FILE
+    if not path.is_file():
+        raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
+    info = json.loads(path.read_text())
+    return Tracking(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
+
+
 def connect_ray(address: str | None, spec: StudySpec) -> None:
     """Embedded Ray by default; ``address`` joins a running cluster. Checks the cluster can host a trial."""
     import ray

@@ -124,3 +124,62 @@ def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 3
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
     assert (study_dir / "report" / "importance" / "epistemic_reasoning_importance.png").is_file()
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_selfd_ui_serves_the_study_on_loopback(grid_study):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, info, _, _ = study_runs(grid_study)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", str(grid_study), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        first_line = server.stdout.readline()
+        assert f"{base}/#/experiments/{info['experiment_id']}/runs/{info['parent_run_id']}" in first_line
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not come up"
+                time.sleep(1)
+        run = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={info['parent_run_id']}").read())
+        assert run["run"]["info"]["run_name"].startswith("tiny ")
+        listing = json.loads(urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/artifacts/list?run_id={info['parent_run_id']}&path=heatmaps").read())
+        png = next(f["path"] for f in listing["files"] if f["path"].endswith(".png"))
+        image = urllib.request.urlopen(f"{base}/get-artifact?path={png}&run_uuid={info['parent_run_id']}").read()
+        assert image[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_best_settings_rerun_over_seeds_with_a_paired_comparison(local_ray, tmp_path):
+    spec = {**TINY, "name": "rerun", "methods": ["dynamic", "static"], "baselines": [], "seeds": [0],
+            "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+            "rerun_best": {"seeds": [0, 1]}}
+    study_dir = tmp_path / "study"
+    assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    _, _, _, children = study_runs(study_dir)
+    phases = sorted(c.data.tags["selfd.phase"] for c in children)
+    assert phases == ["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["search-dynamic"] * 2 + ["search-static"] * 2
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert "| dynamic |" in summary and "| static |" in summary
+    assert "Paired over seeds [0, 1]: dynamic − static = " in summary

@@ -152,10 +152,10 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
 
             window.add(values)
             if step % training.log_every == 0 or step == total_steps:
-                metrics = window.flush()
-                if not math.isfinite(metrics["loss"]):
-                    raise TrainingDiverged(f"loss became {metrics['loss']} by step {step}; lower the learning rate or α")
-                reporter.log_step(step, {**metrics, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **grad_norms})
+                logged = window.flush()
+                if not math.isfinite(logged["loss"]):
+                    raise TrainingDiverged(f"loss became {logged['loss']} by step {step}; lower the learning rate or α")
+                reporter.log_step(step, {**logged, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **grad_norms})
             elif grad_norms:
                 reporter.log_step(step, grad_norms)
 
