@@ -120,8 +120,9 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
         if cell["mean"] is None:
             continue
         i, j = y_values.index(cell["y"]), x_values.index(cell["x"])
+        light = image.norm(cell["mean"]) > 0.6  # viridis is light at the top of its range: dark text there
         axes.text(j, i, f"{cell['mean']:.3f}\n±{cell['std']:.3f}", ha="center", va="center", fontsize=8,
-                  color="white" if cell is not best else "black",
+                  color="black" if light or cell is best else "white",
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
     bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
     axes.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))

@@ -29,7 +29,6 @@ STUDY_FILE = "study.json"
 
 def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> Tracking:
     """Run ``spec`` into ``study_dir``; returns where it is recorded. Bad input raises before any run exists."""
-    import ray
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
@@ -56,22 +55,24 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     failed = 0
     try:
         if spec.baselines:
-            failed += _fit(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds))
+            failed += _fit(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds)).num_errors
         best = {}
         for method, (search_alg, samples) in _searches(spec).items():
-            grid = _fit(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples, asha=True,
-                        keep=True)
-            failed += grid[0]
-            best[method] = best_setting(grid[1], spec)
+            results = _fit(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples, asha=True)
+            failed += results.num_errors
+            best[method] = best_setting(results, spec)
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
-                    failed += _fit(spec, study_dir, tracking, f"rerun-{method}",
-                                   _fixed([method], spec.rerun_best.seeds, setting))
-        client.set_terminated(parent.info.run_id, "FINISHED" if not failed else "FAILED")
+                    phase = f"rerun-{method}"
+                    failed += _fit(spec, study_dir, tracking, phase,
+                                   _fixed([method], spec.rerun_best.seeds, setting)).num_errors
     except BaseException:
         client.set_terminated(parent.info.run_id, "KILLED")
         raise
+    # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
+    client.set_tag(parent.info.run_id, "selfd.failed_trials", str(failed))
+    client.set_terminated(parent.info.run_id, "FINISHED")
     return tracking
 
 
@@ -156,8 +157,8 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
-         search_alg=None, num_samples: int = 1, asha: bool = False, keep: bool = False):
-    """Run one phase; returns the number of failed trials (and the ResultGrid when ``keep``)."""
+         search_alg=None, num_samples: int = 1, asha: bool = False):
+    """Run one phase as a Tune experiment and return its ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -183,9 +184,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialStatus(tracking, spec.training.epochs)], verbose=1),
     )
-    results = tuner.fit()
-    failed = results.num_errors
-    return (failed, results) if keep else failed
+    return tuner.fit()
 
 
 def best_setting(results, spec: StudySpec) -> dict | None:

@@ -16,8 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import (ConfigError, DistillConfig, Method, ModelConfig, TaskConfig, TrainingConfig,
-                               apply_overrides, one_line, parse_config, read_yaml)
+from trainables.config import ConfigError, Method, RunSettings, apply_overrides, one_line, parse_config, read_yaml
 
 METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_loss": "min"}
 
@@ -105,16 +104,14 @@ class Report(_Strict):
     grad_norm_layers: list[str] | None = None  # default: embeddings, first, middle, last block, head
 
 
-class StudySpec(_Strict):
+class StudySpec(RunSettings):
+    """model / task / training / distill are the base run config of every trial (see RunSettings)."""
+
     name: str
     description: str = ""
     methods: list[Method] = Field(min_length=1)
     baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
     seeds: list[int] = Field([0], min_length=1)
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    training: TrainingConfig = TrainingConfig()
-    distill: DistillConfig = DistillConfig()
     metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
     search: SearchConfig
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -131,16 +128,6 @@ class StudySpec(_Strict):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError("use letters, digits, '_', '-' and '.' (it names folders and the MLflow experiment)")
         return name
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_by_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
-
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task_by_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
 
     @property
     def mode(self) -> str:

@@ -1,10 +1,8 @@
 """Real fine-tunes of MiniLM-L6 on a BIG-bench task, and the loop's reporting, seeding and model support."""
 
-import json
 import math
 
 import pytest
-import torch
 
 from conftest import RecordingReporter, fast_config
 from trainables.loop import fine_tune

@@ -92,22 +92,22 @@ class DistillConfig(_Strict):
         return rule
 
 
-class RunConfig(_Strict):
-    method: Method = "dynamic"
+class RunSettings(_Strict):
+    """What a run trains on and how: shared by a run config and a study spec (whose trials vary it)."""
+
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     training: TrainingConfig = TrainingConfig()
     distill: DistillConfig = DistillConfig()
 
-    @field_validator("model", mode="before")
+    @field_validator("model", "task", mode="before")
     @classmethod
-    def _model_by_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
+    def _by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value  # `model: minilm-l6`, `task: rte`
 
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task_by_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
+
+class RunConfig(RunSettings):
+    method: Method = "dynamic"
 
     @model_validator(mode="after")
     def _batch_splits_in_halves(self) -> RunConfig:
