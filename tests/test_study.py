@@ -68,6 +68,7 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["method"] in ("static", "vanilla", "dynamic")
+        assert child.data.params["training.cpus"] == "1"  # threads = the CPUs the trial holds
         run_id = child.info.run_id
         assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
         assert len(client.get_metric_history(run_id, "loss")) >= 8  # 64 examples, every 2nd step, 2 epochs
