@@ -85,5 +85,8 @@ class TrialStatus(tune.Callback):
             shutil.rmtree(checkpoint, ignore_errors=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = [line for line in str(trial.get_error() or "").splitlines() if line.strip()]
+        # the driver's copy of the error file is written before this callback; the storage copy may lag
+        error_file = Path(trial.error_file) if trial.error_file else None
+        text = error_file.read_text() if error_file and error_file.is_file() else str(trial.get_error() or "")
+        reason = [line.strip() for line in text.splitlines() if line.strip()]
         self._end(trial, "FAILED", {"selfd.failure": reason[-1][:500] if reason else "unknown error"})

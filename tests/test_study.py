@@ -184,3 +184,21 @@ def test_best_settings_rerun_over_seeds_with_a_paired_comparison(local_ray, tmp_
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "| dynamic |" in summary and "| static |" in summary
     assert "Paired over seeds [0, 1]: dynamic − static = " in summary
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path):
+    spec = {**TINY, "name": "diverge", "baselines": [], "seeds": [0],
+            "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0, "max_grad_norm": None},
+            "search": {"algorithm": "grid", "space": {"training.learning_rate": {"values": [1e-4, 1e4]}}},
+            "failure": {"max_retries": 0}}
+    study_dir = tmp_path / "study"
+    assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    client, info, parents, children = study_runs(study_dir)
+    status = {c.data.params["training.learning_rate"]: c for c in children}
+    assert status["0.0001"].info.status == "FINISHED"
+    failed = status["10000.0"]
+    assert failed.info.status == "FAILED"
+    assert "TrainingDiverged" in failed.data.tags["selfd.failure"] and "loss became" in failed.data.tags["selfd.failure"]
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["selfd.failed_trials"] == "1"
+    assert "FAILED" in (study_dir / "report" / "results.csv").read_text()
