@@ -109,7 +109,10 @@ def _run(args) -> int:
     tracking = run_study(spec, study_dir, args.address)
     report = write_report(study_dir)
     print(f"report: {report}")
-    print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
+    if tracking.tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow: {run_url(tracking.tracking_uri, tracking)}")
+    else:
+        print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
     return 0
 
 
