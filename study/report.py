@@ -107,10 +107,10 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
             reference[ref] = {"mean": float(ref_scores.mean()), "std": float(ref_scores.std(ddof=1)) if len(ref_scores) > 1 else 0.0,
                               "n": int(len(ref_scores))}
 
-    grid = [[next(c["mean"] for c in cells if c["x"] == xv and c["y"] == yv) for xv in x_values] for yv in y_values]
+    means = [[math.nan if c["mean"] is None else c["mean"] for c in cells[i * len(x_values):(i + 1) * len(x_values)]]
+             for i in range(len(y_values))]  # cells run over x within each y
     figure, axes = plt.subplots(figsize=(1.3 * len(x_values) + 3, 1.0 * len(y_values) + 2.2))
-    masked = [[math.nan if v is None else v for v in row] for row in grid]
-    image = axes.imshow(masked, cmap="viridis", origin="lower", aspect="auto")
+    image = axes.imshow(means, cmap="viridis", origin="lower", aspect="auto")
     figure.colorbar(image, ax=axes, label=f"{spec.metric} (mean over seeds)")
     axes.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
     axes.set_yticks(range(len(y_values)), [f"{v:g}" for v in y_values])

@@ -173,8 +173,7 @@ def with_values(data: dict, values: dict) -> dict:
     for key, value in values.items():
         parts, node = key.split("."), data
         while True:
-            existing = [j for j in range(len(parts), 1, -1) if ".".join(parts[:j]) in node]
-            take = existing[0] if existing else 1
+            take = next((j for j in range(len(parts), 1, -1) if ".".join(parts[:j]) in node), 1)
             name, parts = ".".join(parts[:take]), parts[take:]
             if not parts:
                 node[name] = value

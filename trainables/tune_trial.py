@@ -9,6 +9,7 @@ many CPU threads as the trial holds CPUs; with a GPU in its resources it trains 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 
 import ray
 from ray import tune
@@ -42,16 +43,13 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> No
     run_config = parse_config(base_runs[method], values={**values, "training.cpus": max(1, round(cpus))})
 
     context = tune.get_context()
-    params = {"method": method, **flatten(run_config.model_dump(exclude={"method"}))}
+    params = flatten(run_config.model_dump())
     run = TrialRun(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
                    context.get_trial_id(), context.get_trial_name(), params,
                    tags={"selfd.phase": tracking["phase"], "selfd.method": method})
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint()  # set when the trial is retried or the study resumed
     try:
-        if checkpoint is None:
-            fine_tune(run_config, TuneReporter(run))
-        else:
-            with checkpoint.as_directory() as folder:
-                fine_tune(run_config, TuneReporter(run), resume_from=folder)
+        with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
+            fine_tune(run_config, TuneReporter(run), resume_from=folder)
     finally:
         run.flush()
