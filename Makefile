@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
 .PHONY: install test demo bench clean
 
@@ -26,11 +28,16 @@ endif
 test: install
 	$(BIN)/python -m pytest
 
+# The two CPU Figure 3 sweeps, then where to look at them.
 demo: install
-	$(BIN)/selfd train search_spaces/demo_train_cpu.yaml
+	@mkdir -p studies
+	$(BIN)/selfd run search_spaces/fig3_rte_cpu.yaml | tee studies/demo.log
+	$(BIN)/selfd run search_spaces/fig3_boolq_cpu.yaml | tee -a studies/demo.log
+	@echo; echo "Where to look:"; grep -E '^(heatmap|report|MLflow):' studies/demo.log
 
 bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json
+	$(BIN)/python benchmarks/study_efficiency.py --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -100,15 +100,13 @@ def _validate(args) -> int:
 
 
 def _run(args) -> int:
-    from study.report import write_report
     from study.runner import run_study
     from study.spec import load_spec
 
     spec = load_spec(args.spec, args.override)
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
     tracking = run_study(spec, study_dir, args.address)
-    report = write_report(study_dir)
-    print(f"report: {report}")
+    _write_report(study_dir)
     if tracking.tracking_uri.startswith(("http://", "https://")):
         print(f"MLflow: {run_url(tracking.tracking_uri, tracking)}")
     else:
@@ -117,10 +115,17 @@ def _run(args) -> int:
 
 
 def _report(args) -> int:
+    _write_report(Path(args.study_dir))
+    return 0
+
+
+def _write_report(study_dir: Path) -> None:
     from study.report import write_report
 
-    print(f"report: {write_report(Path(args.study_dir))}")
-    return 0
+    folder, headlines = write_report(study_dir)
+    for line in headlines:
+        print(f"heatmap: {line}")
+    print(f"report: {folder}")
 
 
 def _ui(args) -> int:

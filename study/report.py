@@ -26,7 +26,8 @@ from study.spec import StudySpec  # noqa: E402
 REFERENCE_METHODS = ("vanilla", "dynamic")
 
 
-def write_report(study_dir: Path) -> Path:
+def write_report(study_dir: Path) -> tuple[Path, list[str]]:
+    """Write ``report/`` and log it to the parent run; returns the folder and one headline per heatmap."""
     study_dir = Path(study_dir).resolve()
     info = read_study(study_dir).__dict__
     spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
@@ -50,7 +51,7 @@ def write_report(study_dir: Path) -> Path:
     for folder in ("heatmaps", "grad_norms", "importance"):
         if any((out / folder).iterdir()):
             client.log_artifacts(parent, str(out / folder), folder)
-    return out
+    return out, [headline(data, spec.mode) for data in heatmaps if data]
 
 
 def results_table(client: MlflowClient, info: dict, spec: StudySpec) -> pd.DataFrame:
@@ -229,7 +230,7 @@ def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: 
                   f"{_label(data['x'])}={best['x']:g}, {_label(data['y'])}={best['y']:g}: "
                   f"{best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds."]
         for name, ref in data["reference"].items():
-            verdict = "beats" if (best["mean"] > ref["mean"]) == (spec.mode == "max") else "does not beat"
+            verdict = "beats" if _beats(best, ref, spec.mode) else "does not beat"
             lines.append(f"- {name}: {ref['mean']:.4f} ± {ref['std']:.4f} — the best cell {verdict} it.")
     reruns = table[table.phase.str.startswith("rerun-")]
     if len(reruns):
@@ -247,6 +248,19 @@ def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: 
             for method, values in importance.items()]
     lines += ["", "Per-trial results: `results.csv`."]
     return "\n".join(lines) + "\n"
+
+
+def headline(data: dict, mode: str) -> str:
+    """A heatmap in one line: its best cell and whether it beats each reference method."""
+    best = data["best"]
+    refs = "; ".join(f"{name} {ref['mean']:.3f} ± {ref['std']:.3f} ({'beaten' if _beats(best, ref, mode) else 'not beaten'})"
+                     for name, ref in data["reference"].items())
+    return (f"{data['task']} · {data['method']}: best cell {_label(data['x'])}={best['x']:g}, "
+            f"{_label(data['y'])}={best['y']:g}: {best['mean']:.3f} ± {best['std']:.3f}" + (f"; {refs}" if refs else ""))
+
+
+def _beats(cell: dict, reference: dict, mode: str) -> bool:
+    return cell["mean"] > reference["mean"] if mode == "max" else cell["mean"] < reference["mean"]
 
 
 def paired_comparison(dynamic: pd.Series, static: pd.Series) -> str:

@@ -176,8 +176,9 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
         tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
         param_space=param_space,
         # metric and mode live on the searcher and the scheduler: Tune refuses them in two places
+        # reused actors skip a process start and the torch/transformers imports per trial
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                                    max_concurrent_trials=spec.max_concurrent_trials),
+                                    max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=phase, storage_path=str(study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),

@@ -97,11 +97,14 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
     assert not list((grid_study / "tune").rglob("checkpoint_*"))
 
 
-def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study):
+def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
     client, info, parents, children = study_runs(grid_study)
     before = sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps"))
     for _ in range(2):
         assert main(["report", str(grid_study)]) == 0
+    heatmap_line, report_line = capsys.readouterr().out.splitlines()[-2:]
+    assert heatmap_line.startswith("heatmap: epistemic_reasoning · static: best cell τ=")
+    assert "vanilla" in heatmap_line and report_line == f"report: {grid_study / 'report'}"
     client, info, parents_after, children_after = study_runs(grid_study)
     assert len(parents_after) == len(parents) == 1 and len(children_after) == len(children)
     assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before

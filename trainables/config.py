@@ -30,6 +30,7 @@ class ModelConfig(_Strict):
     name: str = "minilm-l6"
     num_layers: int | None = Field(None, gt=0)
     num_labels: int | None = Field(None, gt=1)
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None  # None: transformers' choice
 
 
 class Columns(_Strict):
@@ -74,6 +75,7 @@ class TrainingConfig(_Strict):
     grad_norm_every: int = Field(50, ge=0)  # 0 turns the probe off
     eval_batch_size: int = Field(64, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
     cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on
 
 

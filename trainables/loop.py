@@ -77,15 +77,17 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
     collate = functools.partial(_collate, pad_token_id=tokenizer.pad_token_id, device=device)
 
     _seed_everything(training.seed)
-    model = load_classifier(model_path, task.label_names, tokenizer.pad_token_id, config.model.num_layers).to(device)
-    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16,
-                                 enabled=device.type == "cuda")
+    model = load_classifier(model_path, task.label_names, tokenizer.pad_token_id, config.model.num_layers,
+                            config.model.attn_implementation).to(device)
+    bf16 = training.precision == "bf16" or (training.precision == "auto" and device.type == "cuda")
+    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
     distils = config.method not in PLAIN_BATCH_METHODS
     fresh_size = training.batch_size // 2 if distils else training.batch_size
     total_steps = math.ceil(len(train_rows["labels"]) / fresh_size) * training.epochs
     rule = _rule(config)
-    optimizer = torch.optim.AdamW(_decay_groups(model, training.weight_decay), lr=training.learning_rate)
+    # fused: one kernel over all parameters; on CPU the foreach AdamW step took 30 % of a MiniLM step
+    optimizer = torch.optim.AdamW(_decay_groups(model, training.weight_decay), lr=training.learning_rate, fused=True)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, round(training.warmup_ratio * total_steps), total_steps)

@@ -69,11 +69,12 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, num_layers: int | None = None):
+def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, num_layers: int | None = None,
+                    attn_implementation: str | None = None):
     """A pretrained model with a freshly initialised ``len(label_names)``-way classification head.
 
     ``num_layers`` keeps only the first transformer blocks (fast studies and tests); transformers then
-    loads just those blocks' weights.
+    loads just those blocks' weights. ``attn_implementation`` picks the attention kernel (docs/config.md).
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging
@@ -81,6 +82,8 @@ def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, 
     logging.set_verbosity_error()  # the load report only says the new head is new
     logging.disable_progress_bar()
     overrides = {"num_hidden_layers": num_layers} if num_layers else {}
+    if attn_implementation:
+        overrides["attn_implementation"] = attn_implementation
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
         num_labels=len(label_names),
