@@ -38,6 +38,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json
 	$(BIN)/python benchmarks/study_efficiency.py --json
+	$(BIN)/python benchmarks/cpu_attention.py --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,7 +1,8 @@
 """Seconds per training step on the CPU for each attention kernel and precision: which to put in a CPU spec.
 
-MiniLM-L6 with a 2-way head, batch 16 (half of the rows padded to half length, as right-padded batches are),
-one full step (forward, backward, clipping, fused AdamW), at each sequence length; median of the timed steps.
+MiniLM-L6 with a 2-way head in training mode (dropout on), batch 16 (half of the rows padded to half length, as
+right-padded batches are), one full step (forward, backward, clipping, fused AdamW), at each sequence length;
+median of the timed steps.
 
     python benchmarks/cpu_attention.py --json [--threads 1] [--lengths 48 128 256]
 """
@@ -24,7 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def seconds_per_step(path: str, pad_token_id: int, attention: str, bf16: bool, length: int, steps: int) -> float:
     torch.manual_seed(0)
-    model = load_classifier(path, ("no", "yes"), pad_token_id, attn_implementation=attention)
+    model = load_classifier(path, ("no", "yes"), pad_token_id, attn_implementation=attention).train()  # dropout on
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     ids = torch.randint(1000, 20000, (16, length))
     mask = torch.ones_like(ids)
