@@ -97,7 +97,8 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
             raise ConfigError(f"cannot reach the Ray cluster at {address} ({error})") from None
     if not ray.is_initialized():
         try:
-            ray.init(address=address, logging_level="WARNING", configure_logging=True,
+            # "local": a new embedded instance, even where an earlier `ray start` left its address behind
+            ray.init(address=address or "local", logging_level="WARNING", configure_logging=True,
                      runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {error}") from None

@@ -104,7 +104,7 @@ def test_tracking_server_that_is_not_healthy(tiny_spec, tmp_path, capsys):
 
 
 def test_gpu_request_on_a_cluster_without_gpus(tiny_spec, tmp_path, capsys):
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
     try:
         assert_refused(capsys, tmp_path / "study", "resources.gpu asks for 0.5 GPU per trial but the Ray cluster has 0",
                        ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"), "--override", "resources.gpu=0.5"])

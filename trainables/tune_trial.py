@@ -46,7 +46,8 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> No
     params = flatten(run_config.model_dump())
     run = TrialRun(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
                    context.get_trial_id(), context.get_trial_name(), params,
-                   tags={"selfd.phase": tracking["phase"], "selfd.method": method})
+                   tags={"selfd.phase": tracking["phase"], "selfd.method": method,
+                         "selfd.node_id": ray.get_runtime_context().get_node_id()})
     checkpoint = tune.get_checkpoint()  # set when the trial is retried or the study resumed
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
