@@ -7,6 +7,7 @@ first-time set-up of a sqlite store races).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import urllib.error
@@ -32,7 +33,8 @@ class Tracking:
 
 
 def tracking_uri(configured: str | None, study_dir: Path) -> str:
-    return configured or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+    """The spec's URI, else MLflow's own MLFLOW_TRACKING_URI, else a sqlite store in the study directory."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
 
 
 def check_reachable(uri: str) -> None:

@@ -106,3 +106,55 @@ def test_study_trials_run_on_both_nodes(cluster, tmp_path):
     children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["selfd.node_id"] for r in children}) == 2  # one CPU per node: both nodes trained
+
+
+def test_mlflow_server_entrypoint_serves_and_answers_only_allowed_hosts(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_PORT": str(port),
+           "MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"), "MLFLOW_ALLOWED_HOSTS": f"mlflow:{port},127.0.0.1:{port}"}
+    server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def status(host: str, path: str = "api/2.0/mlflow/experiments/search?max_results=1") -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", headers={"Host": host})
+        try:
+            return urllib.request.urlopen(request, timeout=2).status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert status(f"127.0.0.1:{port}", "health") == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
+                time.sleep(1)
+        assert status(f"mlflow:{port}") == 200  # another container, by service name
+        assert status(f"elsewhere.example:{port}") == 403  # MLflow's host check (DNS rebinding)
+        experiment = MlflowClient(f"http://127.0.0.1:{port}").create_experiment("through-the-entrypoint")
+        assert MlflowClient(f"http://127.0.0.1:{port}").get_experiment(experiment).name == "through-the-entrypoint"
+    finally:
+        stop(server)
+
+
+def test_compose_file_names_every_service_and_keeps_ports_and_auth_locked():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"ray-head", "ray-worker", "mlflow", "postgres"}
+    for name in ("ray-head", "ray-worker", "mlflow"):
+        script = services[name]["command"][0]
+        assert (ROOT / script).is_file(), script  # containers start through the scripts the tests run
+    for name in ("ray-head", "ray-worker"):
+        env = services[name]["environment"]
+        assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")
+        assert services[name]["shm_size"] and "studies:/studies" in services[name]["volumes"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published)
+    assert services["ray-worker"]["environment"]["RAY_HEAD"] == "ray-head:6379"
+    assert "@postgres:5432/" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]

@@ -116,3 +116,13 @@ def test_gpu_request_on_a_cluster_without_gpus(tiny_spec, tmp_path, capsys):
 def test_shipped_specs_are_valid(name):
     spec = load_spec(SPECS / name)
     assert spec.name == name.removesuffix(".yaml")
+
+
+def test_tracking_uri_from_the_spec_then_mlflows_environment_then_the_study_dir(tmp_path, monkeypatch):
+    from study.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking_uri(None, tmp_path) == "http://mlflow:5000"
+    assert tracking_uri("http://other:5000", tmp_path) == "http://other:5000"
