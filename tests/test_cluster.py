@@ -158,3 +158,16 @@ def test_compose_file_names_every_service_and_keeps_ports_and_auth_locked():
     assert published and all(port.startswith("127.0.0.1:") for port in published)
     assert services["ray-worker"]["environment"]["RAY_HEAD"] == "ray-head:6379"
     assert "@postgres:5432/" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+
+
+def test_kuberay_manifest_runs_the_image_with_token_auth_from_a_secret():
+    cluster = yaml.safe_load((ROOT / "docker" / "kuberay.yaml").read_text())
+    assert cluster["kind"] == "RayCluster" and cluster["spec"]["rayVersion"] == "2.60.0"
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    workers = [group["template"]["spec"]["containers"][0] for group in cluster["spec"]["workerGroupSpecs"]]
+    for container in (head, *workers):
+        assert container["image"].startswith("selfd:")
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "selfd-ray-auth"
+        assert "/studies" in {m["mountPath"] for m in container["volumeMounts"]}
