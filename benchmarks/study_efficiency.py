@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
+
+from study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"accuracy_points_behind_grid": 1.0, "trial_epochs_vs_grid": 0.35, "study_overhead": 1.15}
@@ -64,9 +65,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
-    spec = yaml.safe_load(args.spec.read_text())
-    metric, concurrency = spec.get("metric", "val_accuracy"), spec.get("max_concurrent_trials", 1)
-    seed = spec["seeds"][0]
+    spec = load_spec(args.spec)  # the spec's defaults, checked, as `selfd run` reads them
+    metric, concurrency, seed = spec.metric, spec.max_concurrent_trials, spec.seeds[0]
     with tempfile.TemporaryDirectory(prefix="selfd-efficiency-") as scratch:
         root = args.study_root or Path(scratch)
         studies = {
@@ -82,7 +82,7 @@ def main() -> None:
             results[name] = measure(tables[name], metric, wall, concurrency)
 
     grid = tables["grid"]
-    cells = grid.groupby(list(spec["search"]["space"]))[f"best_{metric}"].mean()
+    cells = grid.groupby(list(spec.search.space))[f"best_{metric}"].mean()
     results["grid"]["best_cell_mean"] = float(cells.max())
     results["grid"]["best_cell"] = dict(zip(cells.index.names, map(float, cells.idxmax())))
     results["grid"][f"best_trial_at_seed_{seed}"] = float(grid.loc[grid["seed"] == seed, f"best_{metric}"].max())

@@ -4,6 +4,10 @@ from the bigbench sdist), fetched once into SELFD_CACHE (the user's cache unless
 from __future__ import annotations
 
 import json
+import socket
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -24,6 +28,24 @@ def fast_config(method: str = "dynamic", **sections):
     for section, fields in sections.items():
         data.setdefault(section, {}).update(fields)
     return parse_config(data)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(base_url: str, server, timeout: float = 90) -> None:
+    """Poll ``base_url``/health until it answers, failing early if the server process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base_url}/health", timeout=2).read()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline and server.poll() is None, f"no server at {base_url}"
+            time.sleep(1)
 
 
 class RecordingReporter:

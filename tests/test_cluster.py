@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from conftest import free_port, wait_for_health
 from test_study import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # ray, selfd and shellcheck of this environment
 NODE_LIMITS = {"RAY_NUM_CPUS": "1", "RAY_MEMORY_BYTES": str(2 * 1024**3), "RAY_OBJECT_STORE_BYTES": str(200 * 1024**2)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -119,22 +113,16 @@ def test_mlflow_server_entrypoint_serves_and_answers_only_allowed_hosts(tmp_path
     server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def status(host: str, path: str = "api/2.0/mlflow/experiments/search?max_results=1") -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/{path}", headers={"Host": host})
+    def status(host: str) -> int:
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+        request = urllib.request.Request(api, headers={"Host": host})
         try:
             return urllib.request.urlopen(request, timeout=2).status
         except urllib.error.HTTPError as error:
             return error.code
 
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert status(f"127.0.0.1:{port}", "health") == 200
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not come up"
-                time.sleep(1)
+        wait_for_health(f"http://127.0.0.1:{port}", server)
         assert status(f"mlflow:{port}") == 200  # another container, by service name
         assert status(f"elsewhere.example:{port}") == 403  # MLflow's host check (DNS rebinding)
         experiment = MlflowClient(f"http://127.0.0.1:{port}").create_experiment("through-the-entrypoint")

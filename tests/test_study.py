@@ -9,6 +9,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from conftest import free_port, wait_for_health
 from study.cli import main
 
 TINY = {
@@ -130,20 +131,11 @@ def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
     assert (study_dir / "report" / "importance" / "epistemic_reasoning_importance.png").is_file()
 
 
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_selfd_ui_serves_the_study_on_loopback(grid_study):
     import os
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
 
     _, info, _, _ = study_runs(grid_study)
@@ -154,14 +146,7 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
     try:
         first_line = server.stdout.readline()
         assert f"{base}/#/experiments/{info['experiment_id']}/runs/{info['parent_run_id']}" in first_line
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).read()
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not come up"
-                time.sleep(1)
+        wait_for_health(base, server)
         run = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={info['parent_run_id']}").read())
         assert run["run"]["info"]["run_name"].startswith("tiny ")
         listing = json.loads(urllib.request.urlopen(
