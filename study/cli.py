@@ -7,6 +7,7 @@ and exit code 2, before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -53,10 +54,33 @@ def _parser() -> argparse.ArgumentParser:
                      help="set a spec field, e.g. --override training.epochs=2 (repeatable)")
     run.set_defaults(handler=_run)
 
+    submit = commands.add_parser("submit", help="submit a study to a Ray cluster as a Ray Job")
+    submit.add_argument("spec", metavar="SPEC.yaml")
+    submit.add_argument("--address", metavar="URL", help="the cluster's job API, e.g. http://127.0.0.1:8265 "
+                        "(default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)")
+    submit.add_argument("--study-dir", metavar="DIR",
+                        help="where the study is written on the cluster (default: $SELFD_STUDIES/<name>)")
+    submit.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    submit.set_defaults(handler=_submit)
+    for name, handler, text in (("status", _status, "a submitted study's job status"),
+                                ("logs", _logs, "a submitted study's output"),
+                                ("stop", _stop, "stop a submitted study (resume it later with `selfd resume`)")):
+        job = commands.add_parser(name, help=text)
+        job.add_argument("job_id", metavar="JOB")
+        job.add_argument("--address", metavar="URL", help="the cluster's job API (as for submit)")
+        if name == "logs":
+            job.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
+        job.set_defaults(handler=handler)
+
     validate = commands.add_parser("validate", help="check a study spec without running it")
     validate.add_argument("spec", metavar="SPEC.yaml")
     validate.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE")
     validate.set_defaults(handler=_validate)
+
+    resume = commands.add_parser("resume", help="continue an interrupted study where it stopped")
+    resume.add_argument("study_dir", metavar="STUDY_DIR")
+    resume.add_argument("--address", metavar="HOST:PORT", help="a running Ray cluster to schedule trials on")
+    resume.set_defaults(handler=_resume)
 
     report = commands.add_parser("report", help="(re)build a study's report from its MLflow runs")
     report.add_argument("study_dir", metavar="STUDY_DIR")
@@ -105,12 +129,73 @@ def _run(args) -> int:
 
     spec = load_spec(args.spec, args.override)
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
-    tracking = run_study(spec, study_dir, args.address)
+    with _resume_hint(study_dir):
+        tracking = run_study(spec, study_dir, args.address)
+    _finish(study_dir, tracking)
+    return 0
+
+
+def _resume(args) -> int:
+    from study.runner import resume_study
+
+    study_dir = Path(args.study_dir)
+    with _resume_hint(study_dir):
+        tracking = resume_study(study_dir, args.address)
+    if tracking is None:
+        print(f"{study_dir}: the study has finished; nothing to resume (`selfd report {study_dir}` redraws it)")
+        return 0
+    _finish(study_dir, tracking)
+    return 0
+
+
+@contextlib.contextmanager
+def _resume_hint(study_dir: Path):
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (study_dir / "study.json").is_file():
+            print(f"selfd: interrupted; continue with `selfd resume {study_dir}`", file=sys.stderr)
+        raise
+
+
+def _finish(study_dir: Path, tracking) -> None:
     _write_report(study_dir)
     if tracking.tracking_uri.startswith(("http://", "https://")):
         print(f"MLflow: {run_url(tracking.tracking_uri, tracking)}")
     else:
         print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
+
+
+def _submit(args) -> int:
+    from study import jobs
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec, args.override)
+    job_id = jobs.submit(spec, args.address, args.study_dir)
+    print(job_id)
+    address = f" --address {args.address}" if args.address else ""
+    print(f"submitted study '{spec.name}'; follow it with: selfd logs {job_id}{address} --follow", file=sys.stderr)
+    return 0
+
+
+def _status(args) -> int:
+    from study import jobs
+
+    print(jobs.status(args.address, args.job_id))
+    return 0
+
+
+def _logs(args) -> int:
+    from study import jobs
+
+    return jobs.logs(args.address, args.job_id, args.follow)
+
+
+def _stop(args) -> int:
+    from study import jobs
+
+    stopped = jobs.stop(args.address, args.job_id)
+    print(f"{args.job_id}: {'stop requested' if stopped else 'already ended'}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import time
@@ -32,13 +33,9 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    # one checkpoint per trial epoch makes Tune snapshot often; that is expected here, not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     study_dir = study_dir.resolve()
     uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
-    check_reachable(uri)
-    connect_ray(address, spec)
-    prepare_data(spec)
+    _prepare(spec, uri, address)
 
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -50,39 +47,106 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     params = flatten(spec.model_dump(mode="json"))
     client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     tracking = Tracking(uri, experiment, parent.info.run_id)
-    (study_dir / STUDY_FILE).write_text(json.dumps({"name": spec.name, **tracking.__dict__}, indent=2))
+    _write_state(study_dir, {"name": spec.name, **tracking.__dict__, "phases": {}, "finished": False})
+    _run_phases(spec, study_dir, tracking)
+    return tracking
 
-    failed = 0
+
+def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None:
+    """Continue an interrupted study: ended phases and trials are kept, unfinished trials go on from their last
+    checkpoint, in the same MLflow parent and child runs. Returns None when the study had already finished."""
+    from mlflow import MlflowClient
+
+    from study.spec import load_spec
+
+    study_dir = Path(study_dir).resolve()
+    tracking, state = read_study(study_dir), _read_state(study_dir)
+    if state.get("finished"):
+        return None
+    spec = load_spec(study_dir / "spec.yaml")
+    _prepare(spec, tracking.tracking_uri, address)
+    client = MlflowClient(tracking.tracking_uri)
+    client.update_run(tracking.parent_run_id, status="RUNNING")
+    client.set_tag(tracking.parent_run_id, "selfd.resumed", str(int(state.get("resumed", 0)) + 1))
+    _write_state(study_dir, {**state, "resumed": int(state.get("resumed", 0)) + 1})
+    _run_phases(spec, study_dir, tracking)
+    # A trial that started after Tune's last saved experiment state is unknown to the restored phase: its
+    # setting ran again as a new trial, and its own child run, still RUNNING, would count twice. It goes to
+    # MLflow's deleted runs (restorable there).
+    for run in client.search_runs([tracking.experiment_id], f"tags.mlflow.parentRunId = '{tracking.parent_run_id}' "
+                                  "and attributes.status = 'RUNNING'"):
+        client.delete_run(run.info.run_id)
+    return tracking
+
+
+def _prepare(spec: StudySpec, uri: str, address: str | None) -> None:
+    # one checkpoint per trial epoch makes Tune snapshot often; that is expected here, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ctrl-C raises in the driver instead of Tune ending the phase as if it were done; `selfd resume` goes on
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    check_reachable(uri)
+    connect_ray(address, spec)
+    prepare_data(spec)
+
+
+def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
+    """The study's phases in order; a phase recorded as ended in the study file is not run again."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri)
     try:
         if spec.baselines:
-            failed += _fit(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds)).num_errors
+            _phase(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds))
         best = {}
         for method, (search_alg, samples) in _searches(spec).items():
-            results = _fit(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples, asha=True)
-            failed += results.num_errors
-            best[method] = best_setting(results, spec)
+            best[method] = _phase(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples)["best"]
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
-                    phase = f"rerun-{method}"
-                    failed += _fit(spec, study_dir, tracking, phase,
-                                   _fixed([method], spec.rerun_best.seeds, setting)).num_errors
+                    _phase(spec, study_dir, tracking, f"rerun-{method}", _fixed([method], spec.rerun_best.seeds, setting))
     except BaseException:
-        client.set_terminated(parent.info.run_id, "KILLED")
+        client.set_terminated(tracking.parent_run_id, "KILLED")
         raise
+    state = _read_state(study_dir)
     # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
-    client.set_tag(parent.info.run_id, "selfd.failed_trials", str(failed))
-    client.set_terminated(parent.info.run_id, "FINISHED")
-    return tracking
+    client.set_tag(tracking.parent_run_id, "selfd.failed_trials", str(sum(p["failed"] for p in state["phases"].values())))
+    client.set_terminated(tracking.parent_run_id, "FINISHED")
+    _write_state(study_dir, {**state, "finished": True})
+
+
+def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
+           search_alg=None, num_samples: int = 1) -> dict:
+    """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
+    state = _read_state(study_dir)
+    if phase in state["phases"]:
+        return state["phases"][phase]
+    results = _fit(spec, study_dir, tracking, phase, param_space, search_alg, num_samples)
+    record = {"failed": results.num_errors, "best": best_setting(results, spec) if search_alg else None}
+    state["phases"][phase] = record
+    _write_state(study_dir, state)
+    for checkpoint in (study_dir / "tune" / phase).glob("*/checkpoint_*"):  # an ended phase never resumes
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return record
 
 
 def read_study(study_dir: Path) -> Tracking:
     """Where a study directory's runs are recorded."""
+    info = _read_state(study_dir)
+    return Tracking(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
+
+
+def _read_state(study_dir: Path) -> dict:
     path = Path(study_dir) / STUDY_FILE
     if not path.is_file():
         raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
-    info = json.loads(path.read_text())
-    return Tracking(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
+    return json.loads(path.read_text())
+
+
+def _write_state(study_dir: Path, state: dict) -> None:
+    path = study_dir / STUDY_FILE
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(state, indent=2))
+    partial.replace(path)  # atomic: a kill mid-write leaves the previous state
 
 
 def connect_ray(address: str | None, spec: StudySpec) -> None:
@@ -158,23 +222,30 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
-         search_alg=None, num_samples: int = 1, asha: bool = False):
-    """Run one phase as a Tune experiment and return its ResultGrid."""
+         search_alg=None, num_samples: int = 1):
+    """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from trainables.tune_trial import run_trial
 
+    base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase)),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    path = study_dir / "tune" / phase
+    if tune.Tuner.can_restore(path):
+        # finished and failed trials stay as they ended; unfinished ones go on from their last checkpoint
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
+
     scheduler = None
-    if asha and spec.scheduler.type == "asha":
+    if search_alg is not None and spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.training.epochs,
                                   grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor,
                                   metric=spec.metric, mode=spec.mode)
-    base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
-    trainable = tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}),
+        trainable,
         param_space=param_space,
         # metric and mode live on the searcher and the scheduler: Tune refuses them in two places
         # reused actors skip a process start and the torch/transformers imports per trial

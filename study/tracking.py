@@ -66,6 +66,19 @@ class TrialStatus(tune.Callback):
     def __init__(self, tracking: Tracking, max_epochs: int) -> None:
         self.tracking = tracking
         self.max_epochs = max_epochs
+        self.ended: list[str] = []  # folders of trials that ended since the last experiment-state save
+        self.recorded: list[str] = []  # ... and those that ended before it
+
+    def get_state(self) -> None:
+        # Tune calls this each time it saves the experiment state, which it then copies to the study directory
+        # in the background. A trial's checkpoint goes one save after the save that records the trial as
+        # ended, so a driver killed at any point never resumes a trial from a deleted checkpoint. (An ended
+        # trial is never resumed; its weights and optimizer state only take disk space.)
+        for folder in self.recorded:
+            for checkpoint in Path(folder).glob("checkpoint_*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        self.recorded, self.ended = self.ended, []
+        return None
 
     def _end(self, trial, status: str, tags: dict) -> None:
         client = MlflowClient(self.tracking.tracking_uri)
@@ -82,9 +95,7 @@ class TrialStatus(tune.Callback):
             self._end(trial, "KILLED", {"selfd.stopped_early": f"ASHA stopped it after epoch {epochs}"})
         else:
             self._end(trial, "FINISHED", {})
-        # an ended trial is never resumed: its checkpoint (weights and optimizer state) only takes disk space
-        for checkpoint in Path(trial.path).glob("checkpoint_*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
+        self.ended.append(trial.path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # the driver's copy of the error file is written before this callback; the storage copy may lag
