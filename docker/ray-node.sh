@@ -5,7 +5,8 @@
 #   RAY_AUTH_TOKEN=... docker/ray-node.sh head                        # GCS on $RAY_PORT (6379)
 #   RAY_AUTH_TOKEN=... RAY_HEAD=head:6379 docker/ray-node.sh worker
 # Optional: RAY_NUM_CPUS, RAY_NUM_GPUS, RAY_MEMORY_BYTES, RAY_OBJECT_STORE_BYTES (default: Ray's, 30 % of RAM
-# each, too much for several nodes on one machine), RAY_NODE_IP; head only: RAY_PORT, RAY_DASHBOARD_HOST
+# each, too much for several nodes on one machine), RAY_NODE_IP, RAY_TEMP_DIR (give each node on a shared
+# machine its own: nodes sharing one unpack each job's code over the others' copy); head only: RAY_PORT, RAY_DASHBOARD_HOST
 # (127.0.0.1), RAY_DASHBOARD_PORT (8265). SIGTERM stops the node (Ray takes up to ~20 s).
 set -euo pipefail
 
@@ -26,6 +27,7 @@ options=(--block --disable-usage-stats)
 [[ -n ${RAY_MEMORY_BYTES:-} ]] && options+=(--memory="$RAY_MEMORY_BYTES")
 [[ -n ${RAY_OBJECT_STORE_BYTES:-} ]] && options+=(--object-store-memory="$RAY_OBJECT_STORE_BYTES")
 [[ -n ${RAY_NODE_IP:-} ]] && options+=(--node-ip-address="$RAY_NODE_IP")
+[[ -n ${RAY_TEMP_DIR:-} ]] && options+=(--temp-dir="$RAY_TEMP_DIR")
 
 if [[ $role == head ]]; then
   # the dashboard (and the Jobs API behind it) listens on loopback unless a container publishes it

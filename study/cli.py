@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_UNRECORDED = 3  # the study ran, but MLflow has not recorded all of it yet (`selfd report --sync`)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="(re)build a study's report from its MLflow runs")
     report.add_argument("study_dir", metavar="STUDY_DIR")
+    report.add_argument("--sync", action="store_true",
+                        help="first send MLflow what it missed while it was unreachable (exit code 3 if it still is)")
     report.set_defaults(handler=_report)
 
     ui = commands.add_parser("ui", help="serve a study's MLflow store on 127.0.0.1 and print its URL")
@@ -131,8 +134,7 @@ def _run(args) -> int:
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
     with _resume_hint(study_dir):
         tracking = run_study(spec, study_dir, args.address)
-    _finish(study_dir, tracking)
-    return 0
+    return _finish(study_dir, tracking)
 
 
 def _resume(args) -> int:
@@ -144,8 +146,7 @@ def _resume(args) -> int:
     if tracking is None:
         print(f"{study_dir}: the study has finished; nothing to resume (`selfd report {study_dir}` redraws it)")
         return 0
-    _finish(study_dir, tracking)
-    return 0
+    return _finish(study_dir, tracking)
 
 
 @contextlib.contextmanager
@@ -158,12 +159,27 @@ def _resume_hint(study_dir: Path):
         raise
 
 
-def _finish(study_dir: Path, tracking) -> None:
-    _write_report(study_dir)
+def _finish(study_dir: Path, tracking) -> int:
+    """Send what MLflow missed, then the report and where to look; exit code 3 while MLflow still misses some."""
+    from study.runner import sync_study
+    from trainables.mlflow_run import TRACKING_ERRORS
+
+    try:
+        complete = sync_study(study_dir) == 0
+        if complete:
+            _write_report(study_dir)
+    except TRACKING_ERRORS as error:
+        print(f"selfd: MLflow: {str(error).splitlines()[0][:300]}", file=sys.stderr)
+        complete = False
+    if not complete:
+        print(f"selfd: every trial ran, but MLflow ({tracking.tracking_uri}) has not recorded all of it; the rest is "
+              f"kept in {study_dir}. When it is reachable again: selfd report --sync {study_dir}", file=sys.stderr)
+        return EXIT_UNRECORDED
     if tracking.tracking_uri.startswith(("http://", "https://")):
         print(f"MLflow: {run_url(tracking.tracking_uri, tracking)}")
     else:
         print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
+    return 0
 
 
 def _submit(args) -> int:
@@ -200,7 +216,12 @@ def _stop(args) -> int:
 
 
 def _report(args) -> int:
-    _write_report(Path(args.study_dir))
+    from study.runner import read_study
+
+    study_dir = Path(args.study_dir)
+    if args.sync:
+        return _finish(study_dir, read_study(study_dir))
+    _write_report(study_dir)
     return 0
 
 

@@ -28,6 +28,7 @@ FINAL = {"SUCCEEDED": 0, "STOPPED": 130, "FAILED": 1}
 
 def job_client(address: str | None):
     """A client of the cluster's job API; bad addresses and refused tokens are bad input, said in one line."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
@@ -35,6 +36,9 @@ def job_client(address: str | None):
         raise ConfigError(f"--address must be the Ray dashboard's URL, e.g. http://127.0.0.1:8265 (got {address!r})")
     try:
         return JobSubmissionClient(address)
+    except AuthenticationError:
+        raise ConfigError(f"the Ray cluster at {address} refused this client's token: set RAY_AUTH_TOKEN to the "
+                          "cluster's token") from None
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError(f"cannot reach the Ray job API at {address}: {_first_line(error)}") from None
 
@@ -77,6 +81,7 @@ def logs(address: str | None, job_id: str, follow: bool) -> int:
 
     _call(client.get_job_status, job_id)  # an unknown id is an error here, not an empty stream
     asyncio.run(tail())
+    print(flush=True)  # the last chunk may end mid-line
     final = str(_call(client.get_job_status, job_id))
     print(f"selfd: job {job_id} {final}", file=sys.stderr)
     return FINAL.get(final, 1)

@@ -10,6 +10,7 @@ Every trial is a child run of one MLflow parent run per study execution.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -22,8 +23,9 @@ from pathlib import Path
 import yaml
 
 from study.spec import StudySpec
-from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, tracking_uri
+from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
 from trainables.config import ConfigError, flatten
+from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries
 
 STUDY_FILE = "study.json"
 
@@ -84,6 +86,7 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C raises in the driver instead of Tune ending the phase as if it were done; `selfd resume` goes on
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    bounded_retries()
     check_reachable(uri)
     connect_ray(address, spec)
     prepare_data(spec)
@@ -105,13 +108,33 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
                 if setting is not None:
                     _phase(spec, study_dir, tracking, f"rerun-{method}", _fixed([method], spec.rerun_best.seeds, setting))
     except BaseException:
-        client.set_terminated(tracking.parent_run_id, "KILLED")
+        with contextlib.suppress(*TRACKING_ERRORS):
+            client.set_terminated(tracking.parent_run_id, "KILLED")
         raise
-    state = _read_state(study_dir)
+    state = {**_read_state(study_dir), "finished": True}
+    _write_state(study_dir, state)
+    with contextlib.suppress(*TRACKING_ERRORS):  # else `selfd report --sync` ends it
+        end_parent(tracking, state)
+
+
+def sync_study(study_dir: Path) -> int:
+    """Send what trials kept while MLflow was unreachable and end a finished study's parent run; returns how
+    many trials still have unsent records."""
+    tracking, state = read_study(study_dir), _read_state(study_dir)
+    left = send_unsent(study_dir, tracking)
+    if not left and state.get("finished"):
+        end_parent(tracking, state)
+    return left
+
+
+def end_parent(tracking: Tracking, state: dict) -> None:
+    """Mark a finished study's parent run FINISHED with its failed-trial count."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri)
     # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
     client.set_tag(tracking.parent_run_id, "selfd.failed_trials", str(sum(p["failed"] for p in state["phases"].values())))
     client.set_terminated(tracking.parent_run_id, "FINISHED")
-    _write_state(study_dir, {**state, "finished": True})
 
 
 def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
@@ -162,8 +185,7 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
     if not ray.is_initialized():
         try:
             # "local": a new embedded instance, even where an earlier `ray start` left its address behind
-            ray.init(address=address or "local", logging_level="WARNING", configure_logging=True,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+            ray.init(address=address or "local", logging_level="WARNING", configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {error}") from None
     resources = ray.cluster_resources()
@@ -231,7 +253,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
 
     base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase)),
+        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase, study_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = study_dir / "tune" / phase
     if tune.Tuner.can_restore(path):
@@ -255,7 +277,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
             name=phase, storage_path=str(study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialStatus(tracking, spec.training.epochs)], verbose=1),
+            callbacks=[TrialStatus(tracking, spec.training.epochs, study_dir)], verbose=1),
     )
     return tuner.fit()
 

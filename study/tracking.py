@@ -1,5 +1,6 @@
-"""The study's MLflow side, in the driver: tracking store, experiment, parent run, and each child run's final
-status (FINISHED, KILLED when ASHA stopped the trial early, FAILED with the reason).
+"""The study's MLflow side, in the driver: tracking store, experiment, parent run, each child run's final
+status (FINISHED, KILLED when ASHA stopped the trial early, FAILED with the reason), and sending what trials
+kept locally while the tracking server was unreachable.
 
 The store and experiment are created here, before any trial starts: trials only add runs to them (concurrent
 first-time set-up of a sqlite store races).
@@ -7,6 +8,8 @@ first-time set-up of a sqlite store races).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import socket
@@ -16,10 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
 from trainables.config import ConfigError
-from trainables.mlflow_run import find_trial_run
+from trainables.mlflow_run import BATCH_LIMIT, TRACKING_ERRORS, UNSENT_DIR, find_trial_run, keep_unsent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,8 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
 
-    def for_trials(self, phase: str) -> dict:
-        return {**asdict(self), "phase": phase}
+    def for_trials(self, phase: str, study_dir: Path) -> dict:
+        return {**asdict(self), "phase": phase, "unsent_dir": str(study_dir / UNSENT_DIR)}
 
 
 def tracking_uri(configured: str | None, study_dir: Path) -> str:
@@ -63,9 +69,10 @@ def experiment_id(client: MlflowClient, name: str, study_dir: Path, uri: str) ->
 class TrialStatus(tune.Callback):
     """Ends each trial's child run with how the trial ended (the trial itself cannot see ASHA stop it)."""
 
-    def __init__(self, tracking: Tracking, max_epochs: int) -> None:
+    def __init__(self, tracking: Tracking, max_epochs: int, study_dir: Path) -> None:
         self.tracking = tracking
         self.max_epochs = max_epochs
+        self.unsent_dir = study_dir / UNSENT_DIR
         self.ended: list[str] = []  # folders of trials that ended since the last experiment-state save
         self.recorded: list[str] = []  # ... and those that ended before it
 
@@ -81,13 +88,19 @@ class TrialStatus(tune.Callback):
         return None
 
     def _end(self, trial, status: str, tags: dict) -> None:
-        client = MlflowClient(self.tracking.tracking_uri)
-        run = find_trial_run(client, self.tracking.experiment_id, trial.trial_id)
-        if run is None:  # the trial failed before it could create its run
-            return
-        for key, value in tags.items():
-            client.set_tag(run.info.run_id, key, value)
-        client.set_terminated(run.info.run_id, status)
+        try:
+            client = MlflowClient(self.tracking.tracking_uri)
+            run = find_trial_run(client, self.tracking.experiment_id, trial.trial_id)
+            if run is not None:
+                client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+                client.set_terminated(run.info.run_id, status)
+                return
+            if not (self.unsent_dir / f"{trial.trial_id}.jsonl").is_file():
+                return  # the trial failed before it could create its run
+        except TRACKING_ERRORS as error:
+            log.warning("MLflow is unreachable (%s); trial %s ended %s, kept in %s",
+                        str(error).splitlines()[0][:200], trial.trial_id, status, self.unsent_dir)
+        keep_unsent(self.unsent_dir, trial.trial_id, {"end": {"status": status, "tags": tags}})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs = (trial.last_result or {}).get("training_iteration", 0)
@@ -103,3 +116,43 @@ class TrialStatus(tune.Callback):
         text = error_file.read_text() if error_file and error_file.is_file() else str(trial.get_error() or "")
         reason = [line.strip() for line in text.splitlines() if line.strip()]
         self._end(trial, "FAILED", {"selfd.failure": reason[-1][:500] if reason else "unknown error"})
+
+
+def unsent_trials(study_dir: Path) -> list[Path]:
+    return sorted((Path(study_dir) / UNSENT_DIR).glob("*.jsonl"))
+
+
+def send_unsent(study_dir: Path, tracking: Tracking) -> int:
+    """Send the records trials kept while MLflow was unreachable; returns how many trials still have some."""
+    client = MlflowClient(tracking.tracking_uri)
+    left = 0
+    for path in unsent_trials(study_dir):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            _send(client, tracking, path.stem, records)
+        except (*TRACKING_ERRORS, ConfigError) as error:
+            log.warning("trial %s not sent: %s", path.stem, str(error).splitlines()[0][:200])
+            left += 1
+            continue
+        path.unlink()
+    return left
+
+
+def _send(client: MlflowClient, tracking: Tracking, trial_id: str, records: list[dict]) -> None:
+    created = next((r["create"] for r in records if "create" in r), None)
+    run = find_trial_run(client, tracking.experiment_id, trial_id)
+    if run is None:
+        if created is None:
+            raise ConfigError(f"trial {trial_id} has no run in MLflow and no record to create one")
+        run_id = client.create_run(created["experiment_id"], run_name=created["run_name"],
+                                   tags=created["tags"]).info.run_id
+        client.log_batch(run_id, params=[Param(k, v) for k, v in created["params"].items()])
+    else:
+        run_id = run.info.run_id
+    metrics = [Metric(*m) for r in records if "metrics" in r for m in r["metrics"]]
+    for start in range(0, len(metrics), BATCH_LIMIT):
+        client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
+    end = next((r["end"] for r in reversed(records) if "end" in r), None)
+    if end is not None:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in end["tags"].items()])
+        client.set_terminated(run_id, end["status"])

@@ -4,10 +4,15 @@ from the bigbench sdist), fetched once into SELFD_CACHE (the user's cache unless
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +51,32 @@ def wait_for_health(base_url: str, server, timeout: float = 90) -> None:
         except (urllib.error.URLError, ConnectionError):
             assert time.monotonic() < deadline and server.poll() is None, f"no server at {base_url}"
             time.sleep(1)
+
+
+def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on a sqlite store in ``folder``, started with the container's entrypoint script."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
+           "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"), "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}"}
+    server = subprocess.Popen([str(root / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_health(f"http://127.0.0.1:{port}", server)
+    return server
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the process group as `docker stop` would, SIGKILL what is left after ``timeout`` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # children (a Ray node's gcs_server and raylet) share the group
+    except ProcessLookupError:
+        pass
 
 
 class RecordingReporter:

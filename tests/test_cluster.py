@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import free_port, wait_for_health
+from conftest import free_port, start_mlflow_server, stop_process_group
 from test_study import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,41 +24,30 @@ BIN = Path(sys.executable).parent  # ray, selfd and shellcheck of this environme
 NODE_LIMITS = {"RAY_NUM_CPUS": "1", "RAY_MEMORY_BYTES": str(2 * 1024**3), "RAY_OBJECT_STORE_BYTES": str(200 * 1024**2)}
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the node's process group as `docker stop` would, SIGKILL what is left after 30 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # children (gcs_server, raylet) share the group
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head and one worker, 1 CPU each, token auth on: yields (GCS address, client environment)."""
-    port = free_port()
+    """Head and one worker, 1 CPU each, token auth on: yields (GCS address, job API URL, client environment)."""
+    port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     logs = tmp_path_factory.mktemp("nodes")
+    worker_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     nodes = []
     try:
-        for role, extra in (("head", {"RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(free_port())}),
-                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}"})):
+        for role, extra in (("head", {"RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dashboard)}),
+                            # its own temp dir, as on another machine: nodes sharing one unpack job code over each other
+                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}", "RAY_TEMP_DIR": worker_temp})):
             nodes.append(subprocess.Popen([str(ROOT / "docker" / "ray-node.sh"), role],
                                           env={**env, **NODE_LIMITS, **extra}, start_new_session=True,
                                           stdout=open(logs / f"{role}.log", "w"), stderr=subprocess.STDOUT))
             if role == "head":
                 wait_for_nodes(port, env, 1)
         wait_for_nodes(port, env, 2)
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
     finally:
         for node in reversed(nodes):
-            stop(node)
+            stop_process_group(node)
+        shutil.rmtree(worker_temp, ignore_errors=True)
 
 
 def wait_for_nodes(port: int, env: dict, count: int, timeout: float = 90) -> None:
@@ -86,7 +76,7 @@ def test_entrypoint_refuses_a_node_without_the_token():
 
 
 def test_study_trials_run_on_both_nodes(cluster, tmp_path):
-    address, env = cluster
+    address, _, env = cluster
     spec = {**TINY, "name": "two_nodes", "baselines": [], "seeds": [0],
             "task": {**TINY["task"], "train_subset": 32}, "training": {**TINY["training"], "epochs": 1}}
     path = tmp_path / "spec.yaml"
@@ -107,11 +97,7 @@ def test_mlflow_server_entrypoint_serves_and_answers_only_allowed_hosts(tmp_path
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_PORT": str(port),
-           "MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"), "MLFLOW_ALLOWED_HOSTS": f"mlflow:{port},127.0.0.1:{port}"}
-    server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_mlflow_server(tmp_path, port, allowed_hosts=f"mlflow:{port},127.0.0.1:{port}")
 
     def status(host: str) -> int:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -122,13 +108,12 @@ def test_mlflow_server_entrypoint_serves_and_answers_only_allowed_hosts(tmp_path
             return error.code
 
     try:
-        wait_for_health(f"http://127.0.0.1:{port}", server)
         assert status(f"mlflow:{port}") == 200  # another container, by service name
         assert status(f"elsewhere.example:{port}") == 403  # MLflow's host check (DNS rebinding)
         experiment = MlflowClient(f"http://127.0.0.1:{port}").create_experiment("through-the-entrypoint")
         assert MlflowClient(f"http://127.0.0.1:{port}").get_experiment(experiment).name == "through-the-entrypoint"
     finally:
-        stop(server)
+        stop_process_group(server)
 
 
 def test_compose_file_names_every_service_and_keeps_ports_and_auth_locked():
@@ -159,3 +144,58 @@ def test_kuberay_manifest_runs_the_image_with_token_auth_from_a_secret():
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "selfd-ray-auth"
         assert "/studies" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = start_mlflow_server(tmp_path, port := free_port())
+    yield f"http://127.0.0.1:{port}"
+    stop_process_group(server)
+
+
+def test_submitted_study_succeeds_as_a_ray_job_with_its_runs_in_the_mlflow_server(cluster, mlflow_server, tmp_path):
+    _, jobs_url, env = cluster
+    spec = {**TINY, "name": "submitted", "baselines": ["vanilla"], "seeds": [0],
+            "task": {**TINY["task"], "train_subset": 32}, "training": {**TINY["training"], "epochs": 1},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+            "mlflow": {"tracking_uri": mlflow_server}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study_dir = tmp_path / "on-the-cluster"
+
+    def selfd(*args, timeout=60):
+        return subprocess.run(["selfd", *args, "--address", jobs_url], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    submitted = selfd("submit", str(path), "--study-dir", str(study_dir))
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    job_id = submitted.stdout.strip()
+    followed = selfd("logs", job_id, "--follow", timeout=600)  # streams until the job ends, exits with its status
+    assert followed.returncode == 0, followed.stdout[-3000:] + followed.stderr[-2000:]
+    assert "report:" in followed.stdout and f"MLflow: {mlflow_server}/#/experiments/" in followed.stdout
+    assert selfd("status", job_id).stdout.startswith(f"{job_id}: SUCCEEDED")
+    assert selfd("stop", job_id).stdout.strip() == f"{job_id}: already ended"
+
+    info = json.loads((study_dir / "study.json").read_text())
+    assert info["tracking_uri"] == mlflow_server
+    client = MlflowClient(mlflow_server)
+    children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    assert client.get_run(info["parent_run_id"]).info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(info["parent_run_id"])} >= {"results.csv", "summary.md"}
+
+
+def test_job_commands_say_what_is_wrong_in_one_line(cluster, tmp_path):
+    _, jobs_url, env = cluster
+    unknown = subprocess.run(["selfd", "status", "raysubmit_nosuchjob", "--address", jobs_url], env=env,
+                             capture_output=True, text=True)
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+    no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    refused = subprocess.run(["selfd", "status", "raysubmit_nosuchjob", "--address", jobs_url], env=no_token,
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "epochs": 0}}))
+    invalid = subprocess.run(["selfd", "submit", str(bad_spec), "--address", jobs_url], env=env,
+                             capture_output=True, text=True)
+    assert invalid.returncode == 2 and "epochs" in invalid.stderr  # validated before anything is submitted

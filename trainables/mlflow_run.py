@@ -3,19 +3,40 @@
 A retried or resumed trial finds its run again by the ``selfd.trial_id`` tag instead of creating another, so
 a study never holds duplicate runs. Metrics are buffered and sent with ``log_batch`` (≤ 1000 a call). The
 driver, which sees how each trial ended, sets the run's final status.
+
+A tracking server that fails mid-study does not stop training: from the first failed call on, the trial's
+records (its run, metrics, final status) go to ``<study dir>/mlflow-unsent/<trial id>.jsonl`` instead, and
+``selfd report --sync`` sends them once the server is back.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import time
+from pathlib import Path
 
+import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 TRIAL_ID_TAG = "selfd.trial_id"
 BATCH_LIMIT = 1000
+UNSENT_DIR = "mlflow-unsent"
+# what a failing tracking store raises (after the client's own retries)
+TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)
+log = logging.getLogger(__name__)
+
+
+def bounded_retries() -> None:
+    """MLflow retries a failed request 7 times over ~4 minutes by default; a study waits ~15 s, then keeps the
+    record locally. Settings from the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str):
@@ -23,20 +44,41 @@ def find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str):
     return runs[0] if runs else None
 
 
+def keep_unsent(unsent_dir: str | Path, trial_id: str, record: dict) -> None:
+    """Append one record for ``selfd report --sync``: {"create": ...}, {"metrics": [...]} or {"end": ...}."""
+    folder = Path(unsent_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{trial_id}.jsonl", "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
 class TrialRun:
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str, trial_name: str,
-                 params: dict, tags: dict | None = None) -> None:
+                 params: dict, tags: dict | None = None, unsent_dir: str | None = None) -> None:
         self.client = MlflowClient(tracking_uri)
-        existing = find_trial_run(self.client, experiment_id, trial_id)
-        if existing is not None:
-            self.run_id = existing.info.run_id
-            self.client.update_run(self.run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(experiment_id, run_name=trial_name, tags={
-                MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})})
-            self.run_id = run.info.run_id
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.trial_id, self.unsent_dir = trial_id, unsent_dir
         self.pending: list[Metric] = []
+        self.run_id = None
+        tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})}
+        try:
+            existing = find_trial_run(self.client, experiment_id, trial_id)
+            if existing is not None:
+                self.run_id = existing.info.run_id
+                self.client.update_run(self.run_id, status="RUNNING")
+                # a retried or resumed trial may run on another node now
+                self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            else:
+                self.run_id = self.client.create_run(experiment_id, run_name=trial_name, tags=tags).info.run_id
+                self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        except TRACKING_ERRORS as error:
+            self._go_offline(error)
+            keep_unsent(unsent_dir, trial_id, {"create": {
+                "experiment_id": experiment_id, "run_name": trial_name, "tags": tags,
+                "params": {k: str(v) for k, v in params.items()}}})
+
+    @property
+    def offline(self) -> bool:
+        return self.client is None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -44,6 +86,22 @@ class TrialRun:
                          if isinstance(value, (int, float)) and math.isfinite(value)]
 
     def flush(self) -> None:
-        while self.pending:
-            batch, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
-            self.client.log_batch(self.run_id, metrics=batch)
+        while self.pending and not self.offline:
+            batch = self.pending[:BATCH_LIMIT]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except TRACKING_ERRORS as error:
+                self._go_offline(error)
+                break
+            self.pending = self.pending[BATCH_LIMIT:]
+        if self.pending:
+            keep_unsent(self.unsent_dir, self.trial_id,
+                        {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in self.pending]})
+            self.pending = []
+
+    def _go_offline(self, error: BaseException) -> None:
+        if self.unsent_dir is None:
+            raise error
+        log.warning("MLflow is unreachable (%s); trial %s keeps its records in %s",
+                    str(error).splitlines()[0][:200], self.trial_id, self.unsent_dir)
+        self.client = None

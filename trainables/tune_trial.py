@@ -8,6 +8,7 @@ many CPU threads as the trial holds CPUs; with a GPU in its resources it trains 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import nullcontext
 
@@ -16,7 +17,7 @@ from ray import tune
 
 from trainables.config import flatten, parse_config
 from trainables.loop import Reporter, fine_tune
-from trainables.mlflow_run import TrialRun
+from trainables.mlflow_run import TrialRun, bounded_retries
 
 
 class TuneReporter(Reporter):
@@ -37,6 +38,8 @@ class TuneReporter(Reporter):
 
 
 def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer threads beside the trial's own
+    bounded_retries()
     values = dict(config)
     method = values.pop("method")
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
@@ -47,7 +50,8 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> No
     run = TrialRun(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
                    context.get_trial_id(), context.get_trial_name(), params,
                    tags={"selfd.phase": tracking["phase"], "selfd.method": method,
-                         "selfd.node_id": ray.get_runtime_context().get_node_id()})
+                         "selfd.node_id": ray.get_runtime_context().get_node_id()},
+                   unsent_dir=tracking["unsent_dir"])
     checkpoint = tune.get_checkpoint()  # set when the trial is retried or the study resumed
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext() as folder:

@@ -1,0 +1,67 @@
+"""Faults a study survives: a tracking server that goes away mid-study (trials keep training, MLflow is
+backfilled later with `selfd report --sync`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from conftest import free_port, start_mlflow_server, stop_process_group
+from test_resume import wait_until
+from test_study import TINY, write_spec
+
+SELFD = str(Path(sys.executable).parent / "selfd")
+
+
+def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    spec = {**TINY, "name": "outage", "baselines": [], "seeds": [0],
+            "training": {**TINY["training"], "epochs": 2, "grad_norm_every": 0},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0, 2.0]}}},
+            "max_concurrent_trials": 1, "mlflow": {"tracking_uri": uri}}
+    study_dir = tmp_path / "study"
+    server = start_mlflow_server(tmp_path, port)
+    driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = MlflowClient(uri)
+
+        def first_trial_ended():
+            experiment = client.get_experiment_by_name("outage")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            return any(r.info.status == "FINISHED" for r in runs)
+
+        wait_until(first_trial_ended, 300, "the first trial to end", driver)
+        stop_process_group(server)  # MLflow goes away with two trials still to run
+        out, err = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+        stop_process_group(server)
+    assert driver.returncode == 3, err[-3000:]
+    assert f"selfd report --sync {study_dir}" in err
+    assert len(list((study_dir / "mlflow-unsent").glob("*.jsonl"))) >= 2
+    trials = list((study_dir / "tune" / "search-static").glob("run_trial_*/result.json"))
+    assert len(trials) == 3 and all(len(t.read_text().splitlines()) == 2 for t in trials)  # every epoch trained
+
+    server = start_mlflow_server(tmp_path, port)  # back, on the same store
+    try:
+        synced = subprocess.run([SELFD, "report", "--sync", str(study_dir)], capture_output=True, text=True,
+                                timeout=300)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        assert not list((study_dir / "mlflow-unsent").glob("*.jsonl"))
+        experiment = client.get_experiment_by_name("outage").experiment_id
+        runs = client.search_runs([experiment])
+        parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert parent.info.status == "FINISHED" and parent.data.tags["selfd.failed_trials"] == "0"
+        assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+        for child in children:
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2]
+            assert child.data.params["distill.alpha"] in ("0.5", "1.0", "2.0")
+        assert "results.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    finally:
+        stop_process_group(server)
