@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,20 +20,28 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import free_port, start_mlflow_server, stop_process_group
-from test_study import TINY
+from test_resume import wait_until
+from test_study import TINY, study_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # ray, selfd and shellcheck of this environment
 NODE_LIMITS = {"RAY_NUM_CPUS": "1", "RAY_MEMORY_BYTES": str(2 * 1024**3), "RAY_OBJECT_STORE_BYTES": str(200 * 1024**2)}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Head and one worker, 1 CPU each, token auth on: yields (GCS address, job API URL, client environment)."""
+@dataclass
+class Cluster:
+    address: str  # the head's GCS, for `selfd run --address`
+    jobs_url: str  # the head's job API, for `selfd submit`
+    env: dict  # a client's environment: this venv first on PATH, the cluster's token
+    nodes: list[subprocess.Popen]  # head, worker
+
+
+@contextlib.contextmanager
+def two_node_cluster(logs: Path):
+    """Head and one worker, 1 CPU each, token auth on, each started with docker/ray-node.sh."""
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    logs = tmp_path_factory.mktemp("nodes")
     worker_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     nodes = []
     try:
@@ -43,11 +54,17 @@ def cluster(tmp_path_factory):
             if role == "head":
                 wait_for_nodes(port, env, 1)
         wait_for_nodes(port, env, 2)
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env
+        yield Cluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", env, nodes)
     finally:
         for node in reversed(nodes):
             stop_process_group(node)
         shutil.rmtree(worker_temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with two_node_cluster(tmp_path_factory.mktemp("nodes")) as running:
+        yield running
 
 
 def wait_for_nodes(port: int, env: dict, count: int, timeout: float = 90) -> None:
@@ -76,7 +93,7 @@ def test_entrypoint_refuses_a_node_without_the_token():
 
 
 def test_study_trials_run_on_both_nodes(cluster, tmp_path):
-    address, _, env = cluster
+    address, env = cluster.address, cluster.env
     spec = {**TINY, "name": "two_nodes", "baselines": [], "seeds": [0],
             "task": {**TINY["task"], "train_subset": 32}, "training": {**TINY["training"], "epochs": 1}}
     path = tmp_path / "spec.yaml"
@@ -154,7 +171,7 @@ def mlflow_server(tmp_path):
 
 
 def test_submitted_study_succeeds_as_a_ray_job_with_its_runs_in_the_mlflow_server(cluster, mlflow_server, tmp_path):
-    _, jobs_url, env = cluster
+    jobs_url, env = cluster.jobs_url, cluster.env
     spec = {**TINY, "name": "submitted", "baselines": ["vanilla"], "seeds": [0],
             "task": {**TINY["task"], "train_subset": 32}, "training": {**TINY["training"], "epochs": 1},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
@@ -186,7 +203,7 @@ def test_submitted_study_succeeds_as_a_ray_job_with_its_runs_in_the_mlflow_serve
 
 
 def test_job_commands_say_what_is_wrong_in_one_line(cluster, tmp_path):
-    _, jobs_url, env = cluster
+    jobs_url, env = cluster.jobs_url, cluster.env
     unknown = subprocess.run(["selfd", "status", "raysubmit_nosuchjob", "--address", jobs_url], env=env,
                              capture_output=True, text=True)
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
@@ -199,3 +216,41 @@ def test_job_commands_say_what_is_wrong_in_one_line(cluster, tmp_path):
     invalid = subprocess.run(["selfd", "submit", str(bad_spec), "--address", jobs_url], env=env,
                              capture_output=True, text=True)
     assert invalid.returncode == 2 and "epochs" in invalid.stderr  # validated before anything is submitted
+
+
+def test_a_trial_on_a_worker_node_that_dies_finishes_on_the_surviving_node(tmp_path):
+    spec = {**TINY, "name": "node_dies", "baselines": [], "seeds": [0],
+            "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+            "failure": {"max_retries": 2}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study_dir = tmp_path / "study"
+    with two_node_cluster(tmp_path) as cluster:
+        listed = subprocess.run(["ray", "list", "nodes", "--address", cluster.jobs_url, "--format", "json"],
+                                env=cluster.env, capture_output=True, text=True, check=True)
+        head = next(n["node_id"] for n in json.loads(listed.stdout) if n["is_head_node"])
+        driver = subprocess.Popen(["selfd", "run", str(path), "--study-dir", str(study_dir), "--address",
+                                   cluster.address], env=cluster.env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+
+        def checkpointed_on_the_worker():
+            if not (study_dir / "study.json").is_file():
+                return None
+            _, _, _, children = study_runs(study_dir)
+            return next((c for c in children if c.data.tags["selfd.node_id"] != head and any(
+                (study_dir / "tune" / "search-static").glob(f"run_trial_{c.data.tags['selfd.trial_id']}_*/checkpoint_*"))),
+                None)
+
+        try:
+            victim = wait_until(checkpointed_on_the_worker, 300, "a checkpoint of the worker's trial", driver)
+            os.killpg(cluster.nodes[1].pid, signal.SIGKILL)  # the worker node dies: its raylet and workers
+            assert driver.wait(timeout=600) == 0
+        finally:
+            driver.kill()
+    client, _, _, children = study_runs(study_dir)
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    moved = client.get_run(victim.info.run_id)
+    assert moved.data.tags["selfd.node_id"] == head  # restarted on the surviving node ...
+    # ... from its checkpoint: epoch 1 was not trained (nor logged) again
+    assert [m.step for m in client.get_metric_history(victim.info.run_id, "val_accuracy")] == [1, 2, 3]

@@ -7,6 +7,7 @@ import pytest
 import ray
 import yaml
 from mlflow import MlflowClient
+from ray.tune import ExperimentAnalysis
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from conftest import free_port, wait_for_health
@@ -178,9 +179,12 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray
     spec = {**TINY, "name": "diverge", "baselines": [], "seeds": [0],
             "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0, "max_grad_norm": None},
             "search": {"algorithm": "grid", "space": {"training.learning_rate": {"values": [1e-4, 1e4]}}},
-            "failure": {"max_retries": 0}}
+            "failure": {"max_retries": 1}}
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    trials = {t.config["training.learning_rate"]: t for t in ExperimentAnalysis(str(study_dir / "tune" / "search-static")).trials}
+    assert trials[1e4].status == "ERROR" and trials[1e4].run_metadata.num_failures == 2  # retried once, per the policy
+    assert trials[1e-4].status == "TERMINATED"
     client, info, parents, children = study_runs(study_dir)
     status = {c.data.params["training.learning_rate"]: c for c in children}
     assert status["0.0001"].info.status == "FINISHED"
