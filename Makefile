@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json
 	$(BIN)/python benchmarks/study_efficiency.py --json
 	$(BIN)/python benchmarks/cpu_attention.py --json
+	$(BIN)/python benchmarks/cluster_scaling.py --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -5,7 +5,10 @@ Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
 2. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
    with every seed, TPE and random draw ``num_samples`` settings per method at the first seed;
 3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds.
-Every trial is a child run of one MLflow parent run per study execution.
+Every trial is a child run of one MLflow parent run per study execution. ``study.json`` in the study directory
+records the phases that have ended, so ``selfd resume`` skips them and restores the one in progress from
+Tune's saved state. Running a finished study's spec into its directory again starts a new execution (a new
+parent run; the earlier runs stay in MLflow).
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     from mlflow.entities import Param
 
     study_dir = study_dir.resolve()
+    if (study_dir / STUDY_FILE).is_file():
+        if not _read_state(study_dir).get("finished"):
+            raise ConfigError(f"{study_dir} holds an unfinished study: `selfd resume {study_dir}` continues it; "
+                              "to start another, pass a new --study-dir")
+        # a new execution of a finished study: the old one's Tune state would be restored instead of run
+        shutil.rmtree(study_dir / "tune", ignore_errors=True)
     uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
     _prepare(spec, uri, address)
 
@@ -106,7 +115,8 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
-                    _phase(spec, study_dir, tracking, f"rerun-{method}", _fixed([method], spec.rerun_best.seeds, setting))
+                    rerun = _fixed([method], spec.rerun_best.seeds, setting)
+                    _phase(spec, study_dir, tracking, f"rerun-{method}", rerun)
     except BaseException:
         with contextlib.suppress(*TRACKING_ERRORS):
             client.set_terminated(tracking.parent_run_id, "KILLED")
@@ -133,7 +143,8 @@ def end_parent(tracking: Tracking, state: dict) -> None:
 
     client = MlflowClient(tracking.tracking_uri)
     # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
-    client.set_tag(tracking.parent_run_id, "selfd.failed_trials", str(sum(p["failed"] for p in state["phases"].values())))
+    failed = sum(phase["failed"] for phase in state["phases"].values())
+    client.set_tag(tracking.parent_run_id, "selfd.failed_trials", str(failed))
     client.set_terminated(tracking.parent_run_id, "FINISHED")
 
 

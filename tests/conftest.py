@@ -58,7 +58,8 @@ def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None) -> 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
-           "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"), "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}"}
+           "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"),
+           "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}"}
     server = subprocess.Popen([str(root / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_health(f"http://127.0.0.1:{port}", server)

@@ -238,9 +238,9 @@ def test_a_trial_on_a_worker_node_that_dies_finishes_on_the_surviving_node(tmp_p
             if not (study_dir / "study.json").is_file():
                 return None
             _, _, _, children = study_runs(study_dir)
-            return next((c for c in children if c.data.tags["selfd.node_id"] != head and any(
-                (study_dir / "tune" / "search-static").glob(f"run_trial_{c.data.tags['selfd.trial_id']}_*/checkpoint_*"))),
-                None)
+            phase = study_dir / "tune" / "search-static"
+            return next((c for c in children if c.data.tags["selfd.node_id"] != head
+                         and any(phase.glob(f"run_trial_{c.data.tags['selfd.trial_id']}_*/checkpoint_*"))), None)
 
         try:
             victim = wait_until(checkpointed_on_the_worker, 300, "a checkpoint of the worker's trial", driver)

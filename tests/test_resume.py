@@ -58,6 +58,10 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
     ended_before = {c.data.tags["selfd.trial_id"]: c.info.run_id for c in finished}
     resumed_run = midway[0].info.run_id
 
+    rerun = subprocess.run([SELFD, "run", str(tmp_path / "resumable.yaml"), "--study-dir", str(study_dir)],
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 2 and f"selfd resume {study_dir}" in rerun.stderr  # nothing lost by a slip
+
     resumed = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -182,7 +182,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray
             "failure": {"max_retries": 1}}
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
-    trials = {t.config["training.learning_rate"]: t for t in ExperimentAnalysis(str(study_dir / "tune" / "search-static")).trials}
+    analysis = ExperimentAnalysis(str(study_dir / "tune" / "search-static"))
+    trials = {t.config["training.learning_rate"]: t for t in analysis.trials}
     assert trials[1e4].status == "ERROR" and trials[1e4].run_metadata.num_failures == 2  # retried once, per the policy
     assert trials[1e-4].status == "TERMINATED"
     client, info, parents, children = study_runs(study_dir)

@@ -126,3 +126,19 @@ def test_tracking_uri_from_the_spec_then_mlflows_environment_then_the_study_dir(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking_uri(None, tmp_path) == "http://mlflow:5000"
     assert tracking_uri("http://other:5000", tmp_path) == "http://other:5000"
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:6379", "--address must be the Ray dashboard's URL"),  # a GCS address where the job API is meant
+    ("http://127.0.0.1:9", "cannot reach the Ray job API at http://127.0.0.1:9"),
+])
+def test_submit_to_a_wrong_address(tiny_spec, address, message, capsys):
+    assert main(["submit", str(tiny_spec), "--address", address]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_resume_and_sync_of_a_folder_that_is_not_a_study(tmp_path, capsys):
+    for command in (["resume", str(tmp_path)], ["report", "--sync", str(tmp_path)]):
+        assert main(command) == 2
+        assert "is not a study directory" in capsys.readouterr().err
