@@ -202,6 +202,23 @@ def test_submitted_study_succeeds_as_a_ray_job_with_its_runs_in_the_mlflow_serve
     assert {a.path for a in client.list_artifacts(info["parent_run_id"])} >= {"results.csv", "summary.md"}
 
 
+def test_a_stopped_job_ends_stopped_and_leaves_a_resumable_study(cluster, tmp_path):
+    spec = {**TINY, "name": "stopped", "baselines": [], "seeds": [0], "training": {**TINY["training"], "epochs": 3}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    study_dir = tmp_path / "on-the-cluster"
+
+    def selfd(*args):
+        return subprocess.run(["selfd", *args, "--address", cluster.jobs_url], env=cluster.env,
+                              capture_output=True, text=True, timeout=120)
+
+    job_id = selfd("submit", str(path), "--study-dir", str(study_dir)).stdout.strip()
+    wait_until(lambda: (study_dir / "tune").is_dir(), 300, "the study to start its trials")
+    assert selfd("stop", job_id).stdout.strip() == f"{job_id}: stop requested"
+    wait_until(lambda: "STOPPED" in selfd("status", job_id).stdout, 60, "the job to stop")
+    assert json.loads((study_dir / "study.json").read_text())["finished"] is False  # `selfd resume` goes on
+
+
 def test_job_commands_say_what_is_wrong_in_one_line(cluster, tmp_path):
     jobs_url, env = cluster.jobs_url, cluster.env
     unknown = subprocess.run(["selfd", "status", "raysubmit_nosuchjob", "--address", jobs_url], env=env,
