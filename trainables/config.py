@@ -49,6 +49,7 @@ class TaskConfig(_Strict):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     max_length: int = Field(128, ge=8)
+    max_target_length: int = Field(64, ge=1)  # generation tasks: target tokens kept (then EOS)
     train_subset: int | None = Field(None, gt=1)
     validation_subset: int | None = Field(None, gt=1)
 
