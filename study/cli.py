@@ -300,9 +300,10 @@ class ConsoleReporter:
         print(f"{line}  {per_step:.2f} s/step", file=sys.stderr, flush=True)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint=None) -> None:
-        print(f"epoch {epoch} done at step {metrics['step']}: val accuracy {metrics['val_accuracy']:.4f}  "
-              f"macro-F1 {metrics['val_macro_f1']:.4f}  val loss {metrics['val_loss']:.4f}  "
-              f"({metrics['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        scores = "  ".join(f"{name.removeprefix('val_').replace('_', ' ')} {value:.4f}"
+                           for name, value in metrics.items() if name.startswith("val_"))
+        print(f"epoch {epoch} done at step {metrics['step']}: val {scores}  ({metrics['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -210,9 +210,15 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
 
 def prepare_data(spec: StudySpec) -> None:
     """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here)."""
+    from trainables.generation_tasks import GENERATION_TASKS, load_generation_task, tokenized_generation_task
     from trainables.models import load_tokenizer, resolve_model
     from trainables.tasks import load_task, tokenized_task
 
+    if spec.task.name in GENERATION_TASKS:
+        data = load_generation_task(spec.task)
+        tokenizer = load_tokenizer(resolve_model(spec.model.name))
+        tokenized_generation_task(data, tokenizer, spec.model.name, spec.task.max_length, spec.task.max_target_length)
+        return
     task = load_task(spec.task)
     tokenizer = load_tokenizer(resolve_model(spec.model.name))
     tokenized_task(task, tokenizer, spec.model.name, spec.task.max_length)

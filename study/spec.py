@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainables.config import ConfigError, Method, RunSettings, apply_overrides, one_line, parse_config, read_yaml
 
-METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_loss": "min"}
+METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_rougeL": "max", "val_loss": "min"}
 
 
 class _Strict(BaseModel):
@@ -112,7 +112,7 @@ class StudySpec(RunSettings):
     methods: list[Method] = Field(min_length=1)
     baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
     seeds: list[int] = Field([0], min_length=1)
-    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    metric: Literal["val_accuracy", "val_macro_f1", "val_rougeL", "val_loss"] = "val_accuracy"
     search: SearchConfig
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: Resources = Resources()

@@ -29,11 +29,16 @@ class Teachers:
     logits: Tensor
 
 
+def revisited(num_ids: int, num_fresh: int, size: int, reuse: Literal["previous", "random"],
+              generator: torch.Generator) -> Tensor:
+    """Positions in this step's batch (revisited first, then ``num_fresh`` fresh) that the next step revisits."""
+    if reuse == "previous":
+        return torch.arange(num_ids - num_fresh, num_ids)
+    return torch.randperm(num_ids, generator=generator)[:size]
+
+
 def next_teachers(ids: Tensor, logits: Tensor, num_fresh: int, size: int,
                   reuse: Literal["previous", "random"], generator: torch.Generator) -> Teachers:
-    """Choose what the next step revisits from this step's ``ids`` (revisited first, then ``num_fresh`` fresh)."""
-    if reuse == "previous":
-        keep = torch.arange(len(ids) - num_fresh, len(ids))
-    else:
-        keep = torch.randperm(len(ids), generator=generator)[:size]
+    """Choose what the next step revisits from this step's ``ids``, with the logits they got."""
+    keep = revisited(len(ids), num_fresh, size, reuse, generator)
     return Teachers(ids[keep], logits.detach()[keep.to(logits.device)])

@@ -86,6 +86,9 @@ class DistillConfig(_Strict):
     reuse: Literal["previous", "random"] = "previous"
     rule: str = "dynsdpb"
     warmup_fraction: float = Field(0.1, gt=0, le=1)
+    # decoder-only models: how teacher logits are kept between steps (trainables/token_teachers.py)
+    teacher_storage: Literal["full", "bf16", "topk"] = "full"
+    topk: int = Field(64, gt=0)
 
     @field_validator("rule")
     @classmethod

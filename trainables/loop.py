@@ -60,6 +60,12 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
 
     ``resume_from`` is a folder written by the ``save_checkpoint`` a reporter received at an epoch's end.
     """
+    from trainables.generation_tasks import GENERATION_TASKS
+
+    if config.task.name in GENERATION_TASKS:  # a decoder-only model, trained token by token
+        from trainables.lm_loop import fine_tune_lm
+
+        return fine_tune_lm(config, reporter, resume_from)
     reporter = reporter or Reporter()
     started = time.perf_counter()
     training, distill = config.training, config.distill
@@ -76,7 +82,7 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
     train_rows, validation_rows = _as_tensors(train_set), _as_tensors(validation_set)
     collate = functools.partial(_collate, pad_token_id=tokenizer.pad_token_id, device=device)
 
-    _seed_everything(training.seed)
+    seed_everything(training.seed)
     model = load_classifier(model_path, task.label_names, tokenizer.pad_token_id, config.model.num_layers,
                             config.model.attn_implementation).to(device)
     bf16 = training.precision == "bf16" or (training.precision == "auto" and device.type == "cuda")
@@ -85,15 +91,15 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
     distils = config.method not in PLAIN_BATCH_METHODS
     fresh_size = training.batch_size // 2 if distils else training.batch_size
     total_steps = math.ceil(len(train_rows["labels"]) / fresh_size) * training.epochs
-    rule = _rule(config)
+    rule = distillation_rule(config)
     # fused: one kernel over all parameters; on CPU the foreach AdamW step took 30 % of a MiniLM step
-    optimizer = torch.optim.AdamW(_decay_groups(model, training.weight_decay), lr=training.learning_rate, fused=True)
+    optimizer = torch.optim.AdamW(decay_groups(model, training.weight_decay), lr=training.learning_rate, fused=True)
     from transformers import get_linear_schedule_with_warmup
 
     scheduler = get_linear_schedule_with_warmup(optimizer, round(training.warmup_ratio * total_steps), total_steps)
     generator = torch.Generator().manual_seed(training.seed)
     groups = layer_groups(model)
-    window = _Window()
+    window = Window()
 
     step, teachers, best, first_epoch = 0, None, {"val_accuracy": -1.0}, 1
     if resume_from is not None:
@@ -139,7 +145,7 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
                 loss = ce + (alpha * kd).mean()
                 _, discrimination = losses.teacher_signals(teachers.logits, labels[:revisited])
                 values |= {"kd": kd.mean(), "wrong_teachers": (discrimination <= 0).float().mean(),
-                           **_extremes("alpha", alpha), **_extremes("tau", tau)}
+                           **extremes("alpha", alpha), **extremes("tau", tau)}
             values["loss"] = loss
 
             optimizer.zero_grad(set_to_none=True)
@@ -220,7 +226,7 @@ def pick_device(requested: str, cpus: int | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _rule(config: RunConfig):
+def distillation_rule(config: RunConfig):
     """The per-sample (α, τ) rule the method trains with; ``vanilla`` has none."""
     if config.method == "static":
         return losses.static
@@ -233,14 +239,14 @@ def _rule(config: RunConfig):
     return None
 
 
-def _decay_groups(model, weight_decay: float) -> list[dict]:
+def decay_groups(model, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases and normalisation weights (the usual transformer recipe)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
@@ -266,11 +272,11 @@ def _collate(rows: dict, ids: torch.Tensor, pad_token_id: int, device: torch.dev
     return {name: value.to(device, non_blocking=True) for name, value in batch.items()}
 
 
-def _extremes(name: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
+def extremes(name: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
     return {f"{name}_mean": values.mean(), f"{name}_min": values.min(), f"{name}_max": values.max()}
 
 
-class _Window:
+class Window:
     """Per-step values since the last log line, kept on the device until then (no sync per step)."""
 
     def __init__(self) -> None:

@@ -140,3 +140,16 @@ def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, 
     if model.config.pad_token_id is None:  # decoder heads pool at the last non-padding token
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def load_causal_lm(path: str, num_layers: int | None = None, attn_implementation: str | None = None):
+    """A pretrained decoder-only language model; ``num_layers`` keeps only its first blocks."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
+    if attn_implementation:
+        overrides["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(path, **overrides)
