@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python benchmarks/study_efficiency.py --json
 	$(BIN)/python benchmarks/cpu_attention.py --json
 	$(BIN)/python benchmarks/cluster_scaling.py --json
+	$(BIN)/python benchmarks/lm_teacher_memory.py --json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
