@@ -42,6 +42,25 @@ def test_dynamic_token_level_fine_tune_learns_and_generates(storage):
     assert summary["task"] == "strategyqa_gen" and summary["steps"] == 24 and "best_val_accuracy" in summary
 
 
+def test_lora_trains_only_the_adapters():
+    from trainables.models import load_causal_lm, resolve_model
+
+    lora = {"r": 4, "alpha": 8}
+    config = parse_config({
+        "method": "static", "model": {"name": "smollm2-135m", "num_layers": 2, "lora": lora},
+        "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 12, "train_subset": 16,
+                 "validation_subset": 2},
+        "training": {"epochs": 3, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1, "grad_norm_every": 0,
+                     "cpus": 2}})
+    model = load_causal_lm(resolve_model("smollm2-135m"), 2, lora=config.model.lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0 < trainable < 0.01 * sum(p.numel() for p in model.parameters())
+    reporter = RecordingReporter()
+    fine_tune(config, reporter)
+    losses = [m["loss"] for _, m in reporter.steps if "loss" in m]
+    assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses
+
+
 def test_a_two_trial_decoder_study_through_tune_and_mlflow(tmp_path):
     spec = {"name": "nlg_tiny", "methods": ["dynamic"], "baselines": [], "seeds": [0],
             "model": {"name": "smollm2-135m", "num_layers": 2},

@@ -26,11 +26,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LoraConfig(_Strict):
+    """Low-rank adapters (peft) on the decoder's attention and MLP projections; the base weights stay frozen."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class ModelConfig(_Strict):
     name: str = "minilm-l6"
     num_layers: int | None = Field(None, gt=0)
     num_labels: int | None = Field(None, gt=1)
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None  # None: transformers' choice
+    lora: LoraConfig | None = None  # decoder-only models: train adapters instead of every weight
 
 
 class Columns(_Strict):

@@ -51,7 +51,8 @@ def fine_tune_lm(config: RunConfig, reporter: Reporter | None = None, resume_fro
     pad = tokenizer.pad_token_id
 
     seed_everything(training.seed)
-    model = load_causal_lm(model_path, config.model.num_layers, config.model.attn_implementation).to(device)
+    model = load_causal_lm(model_path, config.model.num_layers, config.model.attn_implementation,
+                           config.model.lora).to(device)
     bf16 = training.precision == "bf16" or (training.precision == "auto" and device.type == "cuda")
     autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 

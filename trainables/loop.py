@@ -66,6 +66,8 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
         from trainables.lm_loop import fine_tune_lm
 
         return fine_tune_lm(config, reporter, resume_from)
+    if config.model.lora is not None:
+        raise ConfigError("model.lora applies to decoder-only models on generation tasks (e.g. strategyqa_gen)")
     reporter = reporter or Reporter()
     started = time.perf_counter()
     training, distill = config.training, config.distill

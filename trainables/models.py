@@ -142,8 +142,9 @@ def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, 
     return model
 
 
-def load_causal_lm(path: str, num_layers: int | None = None, attn_implementation: str | None = None):
-    """A pretrained decoder-only language model; ``num_layers`` keeps only its first blocks."""
+def load_causal_lm(path: str, num_layers: int | None = None, attn_implementation: str | None = None, lora=None):
+    """A pretrained decoder-only language model; ``num_layers`` keeps only its first blocks; ``lora`` (a
+    ``LoraConfig``) wraps it with trainable low-rank adapters and freezes the rest."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
@@ -152,4 +153,11 @@ def load_causal_lm(path: str, num_layers: int | None = None, attn_implementation
     overrides = {"num_hidden_layers": num_layers} if num_layers else {}
     if attn_implementation:
         overrides["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(path, **overrides)
+    model = AutoModelForCausalLM.from_pretrained(path, **overrides)
+    if lora is None:
+        return model
+    import peft
+
+    return peft.get_peft_model(model, peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                      target_modules=list(lora.target_modules),
+                                                      task_type="CAUSAL_LM"))
