@@ -82,3 +82,25 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
     again = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to resume" in again.stdout
     assert len(study_runs(study_dir)[3]) == 3
+
+
+def test_a_resumed_trial_does_not_log_the_steps_it_trains_again(tmp_path):
+    """Killed after logging epoch 2 but before Tune saved its checkpoint, a trial trains epoch 2 again."""
+    from mlflow import MlflowClient
+
+    from trainables.mlflow_run import TrialRun
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = MlflowClient(uri).create_experiment("resumed")
+    parent = MlflowClient(uri).create_run(experiment).info.run_id
+    first = TrialRun(uri, experiment, parent, "t1", "trial", {"lr": 1})
+    for epoch in (1, 2):
+        first.log({"val_accuracy": 0.5 + epoch / 10}, epoch)
+    first.flush()
+    again = TrialRun(uri, experiment, parent, "t1", "trial", {"lr": 1})  # resumed from epoch 1's checkpoint
+    assert again.run_id == first.run_id
+    for epoch in (2, 3):
+        again.log({"val_accuracy": 0.5 + epoch / 10}, epoch)
+    again.flush()
+    history = MlflowClient(uri).get_metric_history(first.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]

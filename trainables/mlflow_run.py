@@ -1,7 +1,8 @@
 """The MLflow child run of one trial, nested under the study's parent run.
 
 A retried or resumed trial finds its run again by the ``selfd.trial_id`` tag instead of creating another, so
-a study never holds duplicate runs. Metrics are buffered and sent with ``log_batch`` (≤ 1000 a call). The
+a study never holds duplicate runs; the steps it trains again (those after its last checkpoint, already logged
+before the interruption) are not logged twice. Metrics are buffered and sent with ``log_batch`` (≤ 1000 a call). The
 driver, which sees how each trial ended, sets the run's final status.
 
 A tracking server that fails mid-study does not stop training: from the first failed call on, the trial's
@@ -58,6 +59,7 @@ class TrialRun:
         self.client = MlflowClient(tracking_uri)
         self.trial_id, self.unsent_dir = trial_id, unsent_dir
         self.pending: list[Metric] = []
+        self.logged_until: dict[str, int] = {}  # a resumed run's last logged step per metric
         self.run_id = None
         tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TRIAL_ID_TAG: trial_id, **(tags or {})}
         try:
@@ -65,6 +67,8 @@ class TrialRun:
             if existing is not None:
                 self.run_id = existing.info.run_id
                 self.client.update_run(self.run_id, status="RUNNING")
+                self.logged_until = {key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
+                                     for key in existing.data.metrics}
                 # a retried or resumed trial may run on another node now
                 self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             else:
@@ -83,7 +87,8 @@ class TrialRun:
     def log(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         self.pending += [Metric(key, float(value), now, step) for key, value in metrics.items()
-                         if isinstance(value, (int, float)) and math.isfinite(value)]
+                         if isinstance(value, (int, float)) and math.isfinite(value)
+                         and step > self.logged_until.get(key, -1)]
 
     def flush(self) -> None:
         while self.pending and not self.offline:
