@@ -1,7 +1,9 @@
 """The ``selfd`` command line.
 
-Bad input (config, overrides, unknown model or task, unreachable hub assets) ends with one line on stderr
-and exit code 2, before any model is loaded.
+Bad input (config, overrides, unknown model or task, unreachable hub assets, Ray or job addresses, refused
+tokens) ends with one line on stderr and exit code 2, before any model is loaded. A study that ran but whose
+records MLflow could not take ends with exit code 3 (`selfd report --sync` sends them later); an interrupted
+one with 130 and how to resume it.
 """
 
 from __future__ import annotations
