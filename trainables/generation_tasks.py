@@ -21,7 +21,7 @@ from pathlib import Path
 
 from trainables.cache import cached_entry, content_hash
 from trainables.config import ConfigError, TaskConfig
-from trainables.tasks import BIGBENCH, bigbench_task_json
+from trainables.tasks import BIGBENCH, bigbench_task_json, prepared_splits
 
 
 def _strategyqa(example: dict) -> dict:
@@ -80,14 +80,7 @@ def load_generation_task(config: TaskConfig) -> GenerationData:
             "content_hash": digest, "fingerprint": content_hash(digest)}, indent=2))
 
     key = content_hash("generation", BIGBENCH, task.path, config.validation_fraction, config.split_seed)
-    folder = cached_entry(f"tasks/{config.name}-{key}", build)
-    record = json.loads((folder / "split.json").read_text())
-    train, validation = (datasets.load_from_disk(str(folder / split)) for split in ("train", "validation"))
-    if config.train_subset and config.train_subset < len(train):
-        train = train.shuffle(seed=config.split_seed).select(range(config.train_subset))
-    if config.validation_subset and config.validation_subset < len(validation):
-        validation = validation.shuffle(seed=config.split_seed).select(range(config.validation_subset))
-    fingerprint = content_hash(record["fingerprint"], config.train_subset, config.validation_subset)
+    _, train, validation, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
     return GenerationData(config.name, task, train, validation, fingerprint)
 
 

@@ -28,9 +28,9 @@ from torch.nn.utils.rnn import pad_sequence
 from trainables.batching import fresh_batches, revisited
 from trainables.config import PLAIN_BATCH_METHODS, RunConfig
 from trainables.generation_tasks import load_generation_task, score_generations, tokenized_generation_task
-from trainables.grad_norms import layer_groups, log10_grad_norms
-from trainables.loop import (CHECKPOINT_FILE, Reporter, TrainingDiverged, Window, decay_groups,
-                             distillation_rule, extremes, pick_device, seed_everything)
+from trainables.grad_norms import layer_groups
+from trainables.loop import (CHECKPOINT_FILE, Reporter, Window, decay_groups, distillation_rule, extremes,
+                             optimizer_step, pick_device, report_step, seed_everything)
 from trainables.models import load_causal_lm, load_tokenizer, resolve_model
 from trainables.token_teachers import TokenTeachers, aligned, keep_teachers, token_kd
 
@@ -110,13 +110,7 @@ def fine_tune_lm(config: RunConfig, reporter: Reporter | None = None, resume_fro
                            **extremes("alpha", cut.alpha[kd_mask]), **extremes("tau", cut.tau[kd_mask])}
             values["loss"] = loss
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norms = log10_grad_norms(groups) if training.grad_norm_every and step % training.grad_norm_every == 0 else {}
-            if training.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norms = optimizer_step(loss, model, optimizer, scheduler, groups, training, step)
             if distils:
                 keep = revisited(len(ids), len(fresh), fresh_size, distill.reuse, generator).to(device)
                 teacher_ids = ids[keep.cpu()]
@@ -124,13 +118,7 @@ def fine_tune_lm(config: RunConfig, reporter: Reporter | None = None, resume_fro
                                  distill)
 
             window.add(values)
-            if step % training.log_every == 0 or step == total_steps:
-                logged = window.flush()
-                if not math.isfinite(logged["loss"]):
-                    raise TrainingDiverged(f"loss became {logged['loss']} by step {step}; lower the learning rate or α")
-                reporter.log_step(step, {**logged, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **grad_norms})
-            elif grad_norms:
-                reporter.log_step(step, grad_norms)
+            report_step(reporter, window, step, total_steps, epoch, training.log_every, scheduler, grad_norms)
 
         metrics = {**evaluate_lm(model, validation, tokenizer, data.name, config, autocast, device),
                    "step": step, "seconds": time.perf_counter() - started}

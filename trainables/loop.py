@@ -150,24 +150,12 @@ def fine_tune(config: RunConfig, reporter: Reporter | None = None, resume_from: 
                            **extremes("alpha", alpha), **extremes("tau", tau)}
             values["loss"] = loss
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norms = log10_grad_norms(groups) if training.grad_norm_every and step % training.grad_norm_every == 0 else {}
-            if training.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norms = optimizer_step(loss, model, optimizer, scheduler, groups, training, step)
             if distils:
                 teachers = next_teachers(ids, logits, len(fresh), fresh_size, distill.reuse, generator)
 
             window.add(values)
-            if step % training.log_every == 0 or step == total_steps:
-                logged = window.flush()
-                if not math.isfinite(logged["loss"]):
-                    raise TrainingDiverged(f"loss became {logged['loss']} by step {step}; lower the learning rate or α")
-                reporter.log_step(step, {**logged, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **grad_norms})
-            elif grad_norms:
-                reporter.log_step(step, grad_norms)
+            report_step(reporter, window, step, total_steps, epoch, training.log_every, scheduler, grad_norms)
 
         metrics = {**evaluate(model, validation_rows, collate, training.eval_batch_size, autocast),
                    "step": step, "seconds": time.perf_counter() - started}
@@ -216,6 +204,33 @@ def evaluate(model, rows: dict, collate, batch_size: int, autocast) -> dict[str,
         "val_accuracy": (predicted == truth).float().mean().item(),
         "val_macro_f1": float(f1_score(truth, predicted, average="macro")),
     }
+
+
+def optimizer_step(loss, model, optimizer, scheduler, groups, training, step: int) -> dict[str, float]:
+    """Backward, the per-layer gradient norms when due (before clipping), clipping, the optimizer and
+    schedule steps; returns the gradient norms (empty when not due)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    due = training.grad_norm_every and step % training.grad_norm_every == 0
+    grad_norms = log10_grad_norms(groups) if due else {}
+    if training.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return grad_norms
+
+
+def report_step(reporter, window, step: int, total_steps: int, epoch: int, log_every: int, scheduler,
+                grad_norms: dict) -> None:
+    """Every ``log_every`` steps (and at the last): the window's means to the reporter, stopping a diverged
+    run; between them, only gradient norms that were due."""
+    if step % log_every == 0 or step == total_steps:
+        logged = window.flush()
+        if not math.isfinite(logged["loss"]):
+            raise TrainingDiverged(f"loss became {logged['loss']} by step {step}; lower the learning rate or α")
+        reporter.log_step(step, {**logged, "epoch": epoch, "lr": scheduler.get_last_lr()[0], **grad_norms})
+    elif grad_norms:
+        reporter.log_step(step, grad_norms)
 
 
 def pick_device(requested: str, cpus: int | None) -> torch.device:

@@ -128,15 +128,21 @@ def load_task(config: TaskConfig) -> TaskData:
     datasets.disable_progress_bars()  # selfd prints its own progress
     source_key, build = _task_source(config)
     key = content_hash(source_key, config.validation_fraction, config.split_seed)
-    folder = cached_entry(f"tasks/{config.name}-{key}", build)
+    record, train, validation, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
+    return TaskData(config.name, tuple(record["label_names"]), train, validation, fingerprint)
+
+
+def prepared_splits(folder: Path, config: TaskConfig):
+    """(split record, train, validation, fingerprint) of a prepared task folder, cut to the configured subsets."""
+    import datasets
+
     record = json.loads((folder / "split.json").read_text())
     train, validation = (datasets.load_from_disk(str(folder / split)) for split in ("train", "validation"))
     if config.train_subset and config.train_subset < len(train):
         train = train.shuffle(seed=config.split_seed).select(range(config.train_subset))
     if config.validation_subset and config.validation_subset < len(validation):
         validation = validation.shuffle(seed=config.split_seed).select(range(config.validation_subset))
-    fingerprint = content_hash(record["fingerprint"], config.train_subset, config.validation_subset)
-    return TaskData(config.name, tuple(record["label_names"]), train, validation, fingerprint)
+    return record, train, validation, content_hash(record["fingerprint"], config.train_subset, config.validation_subset)
 
 
 def _task_source(config: TaskConfig) -> tuple[object, Callable[[Path], None]]:
