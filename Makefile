@@ -11,9 +11,11 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: install test demo bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-install: $(STAMP)
+.PHONY: install browser test demo bench clean
+
+install: $(STAMP) browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +24,18 @@ ifeq ($(HAS_GPU),yes)
 else
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)+cpu" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 endif
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,browser]'
 	touch $(STAMP)
+
+# The browser of the UI checks and `selfd ui --screenshots`: Debian's chromium, unless one is there already
+# (SELFD_CHROMIUM names any Chromium binary). Playwright drives it; nothing is downloaded by Playwright.
+browser:
+	@if [ -z "$$SELFD_CHROMIUM" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium (browser checks, selfd ui --screenshots)"; \
+	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no chromium and no apt-get: install Chromium and set SELFD_CHROMIUM to its binary" >&2; fi; \
+	fi
 
 test: install
 	$(BIN)/python -m pytest

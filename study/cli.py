@@ -91,9 +91,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="first send MLflow what it missed while it was unreachable (exit code 3 if it still is)")
     report.set_defaults(handler=_report)
 
-    ui = commands.add_parser("ui", help="serve a study's MLflow store on 127.0.0.1 and print its URL")
+    ui = commands.add_parser("ui", help="serve a study's MLflow store (127.0.0.1 unless told otherwise) and print "
+                             "its URL, or photograph it (--screenshots)")
     ui.add_argument("study_dir", metavar="STUDY_DIR")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on; anything but loopback needs --allow-remote (default: 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--allow-remote", action="store_true",
+                    help="allow a non-loopback --host, served with MLflow authentication: the admin is "
+                         "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD")
+    ui.add_argument("--screenshots", action="store_true",
+                    help="instead of serving: open the parent run, its heatmap and its report page in headless "
+                         "Chromium and save screenshots under STUDY_DIR/screenshots")
     ui.set_defaults(handler=_ui)
 
     data = commands.add_parser("data", help="fetch and cache models and data sets")
@@ -237,21 +246,69 @@ def _write_report(study_dir: Path) -> None:
 
 
 def _ui(args) -> int:
-    import os
-    import subprocess
-
+    from study import ui
     from study.runner import read_study
 
-    tracking = read_study(Path(args.study_dir))
+    study_dir = Path(args.study_dir)
+    tracking = read_study(study_dir)
+    credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens
+    if args.screenshots:
+        return _screenshots(study_dir, tracking)
     if tracking.tracking_uri.startswith(("http://", "https://")):
         print(f"this study records to {tracking.tracking_uri}: {run_url(tracking.tracking_uri, tracking)}")
         return 0
-    server = f"http://127.0.0.1:{args.port}"
-    print(f"MLflow UI for {args.study_dir}: {run_url(server, tracking)}  (Ctrl-C stops it)", flush=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(args.port)]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: ~0.5 GB, not ~2 GB
-    return subprocess.run(command, env=env).returncode
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    with ui.serve(study_dir, tracking.tracking_uri, args.host, args.port, credentials) as server:
+        login = f" (log in as {credentials[0]})" if credentials else ""
+        print(f"MLflow UI for {study_dir}: {run_url(f'http://{shown}:{args.port}', tracking)}{login}  "
+              "(Ctrl-C stops it)", flush=True)
+        return server.wait()
+
+
+def _screenshots(study_dir: Path, tracking) -> int:
+    """Photograph the study in the MLflow UI: on its tracking server, or on a loopback server started for it."""
+    import os
+
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from study import screenshots, ui
+
+    screenshots.chromium_path()  # no browser: say so before starting a server
+    children = [run.info.run_name for run in MlflowClient(tracking.tracking_uri).search_runs(
+        [tracking.experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}'",
+        max_results=1000)]
+    heatmaps = sorted((study_dir / "report" / "heatmaps").glob("*.png"))
+    heatmap = f"heatmaps/{heatmaps[0].name}" if heatmaps else None
+    out, report = study_dir / "screenshots", study_dir / "report" / "index.html"
+    if tracking.tracking_uri.startswith(("http://", "https://")):
+        credentials = tuple(os.environ.get(name) for name in ui.CREDENTIALS)
+        seen = screenshots.photograph(tracking.tracking_uri.rstrip("/"), tracking, children, heatmap, out,
+                                      credentials if all(credentials) else None, report)
+    else:
+        port = _free_port()
+        with ui.serve(study_dir, tracking.tracking_uri, "127.0.0.1", port, quiet=True):
+            seen = screenshots.photograph(f"http://127.0.0.1:{port}", tracking, children, heatmap, out,
+                                          report_file=report)
+    print(f"screenshot: {out / 'run.png'}  (parent run, {len(seen['run']['child_runs'])} of {len(children)} "
+          "child runs listed)")
+    if "heatmap" in seen:
+        width, height = seen["heatmap"]["natural_size"]
+        print(f"screenshot: {out / 'heatmap.png'}  ({heatmap}, {width} × {height} px, "
+              f"{seen['heatmap']['colors']} colours)")
+    print(f"screenshot: {out / 'report.png'}  (report page, {len(seen['report']['sections'])} sections, "
+          f"{seen['report']['images']} figures)")
+    print(f"screenshot: {out / 'report_page.png'}  (the whole report page)")
+    (out / "seen.json").write_text(json.dumps(seen, indent=2))
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_url(server: str, tracking) -> str:

@@ -1,5 +1,6 @@
-"""A study's report, built from its MLflow runs: results table, τ/α heatmaps, gradient-norm traces, parameter
-importances and a summary, written to ``<study dir>/report`` and logged to the parent run.
+"""A study's report, built from its MLflow runs: results table, τ/α heatmaps, gradient-norm traces, DynSDPB α/τ
+traces, parameter importances, the method comparison, a summary and the self-contained page ``index.html``,
+written to ``<study dir>/report`` and logged to the parent run.
 
 Re-running it replaces the files and the parent run's artifacts; it never creates runs.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
 
@@ -20,10 +22,13 @@ import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
+from study.report_page import write_page  # noqa: E402
 from study.runner import read_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
+FIGURE_FOLDERS = ("heatmaps", "grad_norms", "dynamics", "importance")
+DYNAMICS_TRIALS = 6  # α/τ traces drawn, at most: more lines are unreadable
 
 
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
@@ -34,24 +39,30 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     client = MlflowClient(info["tracking_uri"])
     table = results_table(client, info, spec)
     out = study_dir / "report"
-    for folder in ("heatmaps", "grad_norms", "importance"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    for folder in FIGURE_FOLDERS:
+        shutil.rmtree(out / folder, ignore_errors=True)  # figures of an earlier report must not linger
+        (out / folder).mkdir(parents=True)
     table.to_csv(out / "results.csv", index=False)
 
-    heatmaps = [heatmap(table, spec, method, x, y, out / "heatmaps")
-                for method in spec.methods for x, y in spec.heatmap_axes
-                if spec.search.algorithm == "grid" and x != y]
+    heatmaps = [data for method in spec.methods for x, y in spec.heatmap_axes
+                if spec.search.algorithm == "grid" and x != y
+                and (data := heatmap(table, spec, method, x, y, out / "heatmaps"))]
     traces = grad_norm_figure(client, table, spec, out / "grad_norms")
+    dynamics = dynamics_figure(client, table, spec, out / "dynamics")
     importance = importance_figure(table, spec, out / "importance")
-    (out / "summary.md").write_text(summary(spec, table, [h for h in heatmaps if h], traces, importance))
+    comparison = method_comparison(table, spec, heatmaps, info.get("phases", {}))
+    (out / "summary.md").write_text(summary(spec, table, heatmaps, traces, importance))
+    write_page(out, spec, table, comparison, [headline(data, spec.mode) for data in heatmaps],
+               client.get_run(info["parent_run_id"]))
 
     parent = info["parent_run_id"]
-    client.log_artifact(parent, str(out / "results.csv"))
-    client.log_artifact(parent, str(out / "summary.md"))
-    for folder in ("heatmaps", "grad_norms", "importance"):
+    for name in ("results.csv", "summary.md"):
+        client.log_artifact(parent, str(out / name))
+    client.log_artifact(parent, str(out / "index.html"), "report")
+    for folder in FIGURE_FOLDERS:
         if any((out / folder).iterdir()):
             client.log_artifacts(parent, str(out / folder), folder)
-    return out, [headline(data, spec.mode) for data in heatmaps if data]
+    return out, [headline(data, spec.mode) for data in heatmaps]
 
 
 def results_table(client: MlflowClient, info: dict, spec: StudySpec) -> pd.DataFrame:
@@ -181,6 +192,81 @@ def _default_layers(available: list[str]) -> list[str]:
     blocks = [name for name in available if name.startswith("block_")]
     picked = [blocks[0], blocks[len(blocks) // 2], blocks[-1]] if blocks else []
     return [n for n in ["embeddings", *dict.fromkeys(picked), "head"] if n in available]
+
+
+def dynamics_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, folder: Path) -> list[str]:
+    """How DynSDPB set α and τ over training: per trial the batch mean, shaded from the batch minimum to maximum."""
+    trials = table[(table.method == "dynamic") & (table.epochs > 0)].head(DYNAMICS_TRIALS)
+    if trials.empty:
+        return []
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    for ax, name, symbol in zip(axes[0], ("alpha", "tau"), ("α", "τ")):
+        for _, row in trials.iterrows():
+            history = {part: sorted(client.get_metric_history(row.run_id, f"{name}_{part}"), key=lambda m: m.step)
+                       for part in ("mean", "min", "max")}
+            if not history["mean"]:
+                continue
+            steps = [m.step for m in history["mean"]]
+            line, = ax.plot(steps, [m.value for m in history["mean"]], label=_trial_label(row, spec))
+            if len(history["min"]) == len(steps) == len(history["max"]):
+                ax.fill_between(steps, [m.value for m in history["min"]], [m.value for m in history["max"]],
+                                color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{symbol} per sample")
+        ax.set_title(f"DynSDPB {symbol} over training")
+        ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8)
+    figure.suptitle(f"DynSDPB's per-sample α and τ · {spec.task.name} · {spec.model.name}")
+    figure.tight_layout()
+    path = folder / f"{spec.task.name}_dynamic_alpha_tau.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path.name]
+
+
+def _trial_label(row: pd.Series, spec: StudySpec) -> str:
+    searched = ", ".join(f"{_label(n)}₀={row[n]:g}" if n.startswith("distill.") else f"{_label(n)}={row[n]:g}"
+                         for n in spec.search.space if isinstance(row.get(n), float) and not math.isnan(row[n]))
+    return f"{row.phase} seed {row.seed}" + (f" ({searched})" if searched else "")
+
+
+def method_comparison(table: pd.DataFrame, spec: StudySpec, heatmaps: list[dict], phases: dict) -> list[dict]:
+    """Each method at its best: baselines at the base settings, searched methods at their best setting (re-run
+    over seeds when the study re-runs it, else the heatmap's best cell, else the best trial); mean ± std over seeds."""
+    score = f"best_{spec.metric}"
+    scored = table[table[score].notna()]
+    rows = []
+
+    def add(method: str, how: str, setting: str, scores: pd.Series) -> None:
+        rows.append({"method": method, "how": how, "setting": setting, "n": int(len(scores)),
+                     "mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0})
+
+    for method, group in scored[scored.phase == "baselines"].groupby("method", sort=False):
+        setting = "" if method == "vanilla" else f"α={spec.distill.alpha:g}, τ={spec.distill.tau:g}"
+        add(method, "base settings", setting, group[score])
+    for method in spec.methods:
+        reruns = scored[scored.phase == f"rerun-{method}"]
+        best = (phases.get(f"search-{method}") or {}).get("best") or {}
+        cell = next((d for d in heatmaps if d["method"] == method), None)
+        if len(reruns):
+            add(method, "best setting re-run", _setting(best), reruns[score])
+        elif cell is not None:
+            best_cell = cell["best"]
+            cell_rows = scored[(scored.phase == f"search-{method}") & (scored[cell["x"]] == best_cell["x"])
+                               & (scored[cell["y"]] == best_cell["y"])]
+            add(method, "best grid cell", _setting({cell["x"]: best_cell["x"], cell["y"]: best_cell["y"]}),
+                cell_rows[score])
+        else:
+            search = scored[scored.phase == f"search-{method}"]
+            if len(search):
+                top = search.sort_values(score, ascending=spec.mode == "min").iloc[:1]
+                add(method, "best trial", _setting({n: top.iloc[0][n] for n in spec.search.space}), top[score])
+    return rows
+
+
+def _setting(values: dict) -> str:
+    return ", ".join(f"{_label(name)}={value:g}" if isinstance(value, (int, float)) else f"{_label(name)}={value}"
+                     for name, value in values.items())
 
 
 def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dict:

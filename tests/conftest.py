@@ -53,13 +53,17 @@ def wait_for_health(base_url: str, server, timeout: float = 90) -> None:
             time.sleep(1)
 
 
-def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None) -> subprocess.Popen:
-    """A real `mlflow server` on a sqlite store in ``folder``, started with the container's entrypoint script."""
+def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
+                        admin: tuple[str, str] | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on a sqlite store in ``folder``, started with the container's entrypoint script;
+    with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
            "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"),
-           "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}"}
+           "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}",
+           **({"MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]} if admin
+              else {"MLFLOW_AUTH": "off"})}
     server = subprocess.Popen([str(root / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_health(f"http://127.0.0.1:{port}", server)

@@ -41,7 +41,9 @@ def two_node_cluster(logs: Path):
     """Head and one worker, 1 CPU each, token auth on, each started with docker/ray-node.sh."""
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+           "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           # as in compose: the nodes hold the MLflow server's credentials, so trials can log to it
+           "MLFLOW_TRACKING_USERNAME": "selfd", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
     worker_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     nodes = []
     try:
@@ -109,28 +111,40 @@ def test_study_trials_run_on_both_nodes(cluster, tmp_path):
     assert len({r.data.tags["selfd.node_id"] for r in children}) == 2  # one CPU per node: both nodes trained
 
 
-def test_mlflow_server_entrypoint_serves_and_answers_only_allowed_hosts(tmp_path):
+def test_mlflow_server_entrypoint_requires_a_login_and_answers_only_allowed_hosts(tmp_path, monkeypatch):
+    import base64
     import urllib.error
     import urllib.request
 
-    port = free_port()
-    server = start_mlflow_server(tmp_path, port, allowed_hosts=f"mlflow:{port},127.0.0.1:{port}")
+    port, admin = free_port(), ("selfd", secrets.token_hex(16))
+    server = start_mlflow_server(tmp_path, port, allowed_hosts=f"mlflow:{port},127.0.0.1:{port}", admin=admin)
 
-    def status(host: str) -> int:
+    def status(host: str, login: tuple[str, str] | None = admin) -> int:
         api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
-        request = urllib.request.Request(api, headers={"Host": host})
+        headers = {"Host": host}
+        if login:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
         try:
-            return urllib.request.urlopen(request, timeout=2).status
+            return urllib.request.urlopen(urllib.request.Request(api, headers=headers), timeout=5).status
         except urllib.error.HTTPError as error:
             return error.code
 
     try:
         assert status(f"mlflow:{port}") == 200  # another container, by service name
         assert status(f"elsewhere.example:{port}") == 403  # MLflow's host check (DNS rebinding)
+        assert status(f"127.0.0.1:{port}", login=None) == 401
+        assert status(f"127.0.0.1:{port}", login=(admin[0], "not-the-password")) == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", admin[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", admin[1])
         experiment = MlflowClient(f"http://127.0.0.1:{port}").create_experiment("through-the-entrypoint")
         assert MlflowClient(f"http://127.0.0.1:{port}").get_experiment(experiment).name == "through-the-entrypoint"
     finally:
         stop_process_group(server)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_AUTH")}
+    refused = subprocess.run([str(ROOT / "docker" / "mlflow-server.sh")], capture_output=True, text=True,
+                             env={**env, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'x.db'}"})
+    assert refused.returncode == 2 and "MLFLOW_AUTH_ADMIN_PASSWORD" in refused.stderr
 
 
 def test_compose_file_names_every_service_and_keeps_ports_and_auth_locked():
@@ -148,6 +162,11 @@ def test_compose_file_names_every_service_and_keeps_ports_and_auth_locked():
     assert published and all(port.startswith("127.0.0.1:") for port in published)
     assert services["ray-worker"]["environment"]["RAY_HEAD"] == "ray-head:6379"
     assert "@postgres:5432/" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    mlflow = services["mlflow"]["environment"]
+    assert "MLFLOW_AUTH" not in mlflow  # the entrypoint's default: basic-auth on
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${MLFLOW_TRACKING_PASSWORD:?")
+    for name in ("ray-head", "ray-worker"):  # trials log to the authenticated server
+        assert services[name]["environment"]["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_TRACKING_PASSWORD:?")
 
 
 def test_kuberay_manifest_runs_the_image_with_token_auth_from_a_secret():
@@ -160,12 +179,18 @@ def test_kuberay_manifest_runs_the_image_with_token_auth_from_a_secret():
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_AUTH_MODE"]["value"] == "token"
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "selfd-ray-auth"
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "selfd-mlflow-auth"
         assert "/studies" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    server = start_mlflow_server(tmp_path, port := free_port())
+def mlflow_server(cluster, tmp_path, monkeypatch):
+    """An authenticated server whose admin is the cluster's MLflow login (this test process logs in too)."""
+    admin = (cluster.env["MLFLOW_TRACKING_USERNAME"], cluster.env["MLFLOW_TRACKING_PASSWORD"])
+    for name, value in zip(("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"), admin):
+        monkeypatch.setenv(name, value)
+    server = start_mlflow_server(tmp_path, port := free_port(), admin=admin)
     yield f"http://127.0.0.1:{port}"
     stop_process_group(server)
 

@@ -1,0 +1,121 @@
+"""``selfd ui``: the MLflow UI on a study's own store, reachable from this machine only unless asked otherwise.
+
+Loopback addresses serve without authentication. Any other address (``0.0.0.0``, a LAN address) needs
+``--allow-remote`` and MLflow's ``basic-auth`` app: the admin is ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (the pair MLflow's clients send), created in ``<study>/mlflow-auth.db`` at the first
+such start; later starts check that the pair still opens it. Credentials travel in environment variables only,
+never on a command line or in a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ipaddress
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from trainables.config import ConfigError
+
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+AUTH_DB = "mlflow-auth.db"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, allow_remote: bool) -> tuple[str, str] | None:
+    """The credentials a server on ``host`` must require (None on loopback); bad combinations are bad input."""
+    if is_loopback(host):
+        return None
+    if not allow_remote:
+        raise ConfigError(f"--host {host} would let anyone on the network read and change this study's runs; "
+                          "add --allow-remote (with MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD set) "
+                          "to serve it with MLflow authentication, or leave --host at 127.0.0.1")
+    missing = [name for name in CREDENTIALS if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"--allow-remote serves with MLflow authentication: set {' and '.join(missing)} "
+                          "(the admin's user name and password)")
+    return os.environ[CREDENTIALS[0]], os.environ[CREDENTIALS[1]]
+
+
+def server_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--serve-artifacts",
+            "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
+
+
+@contextlib.contextmanager
+def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int = 5000,
+          credentials: tuple[str, str] | None = None, quiet: bool = False):
+    """Run ``mlflow server`` on the study's store until the block ends; yields the server process once healthy
+    (and, with ``credentials``, once they are accepted)."""
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: ~0.5 GB, not ~2 GB
+    command = server_command(tracking_uri, study_dir / "mlartifacts", host, port)
+    with tempfile.TemporaryDirectory(prefix="selfd-ui-") as folder:
+        if credentials:
+            config = Path(folder) / "basic_auth.ini"  # no secret in it: the admin comes from the environment
+            config.write_text("[mlflow]\ndefault_permission = READ\n"
+                              f"database_uri = sqlite:///{(study_dir / AUTH_DB).resolve()}\n"
+                              "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            env |= {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": credentials[0],
+                    "MLFLOW_AUTH_ADMIN_PASSWORD": credentials[1],
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(16)}
+            command += ["--app-name", "basic-auth"]
+        output = subprocess.DEVNULL if quiet else None
+        server = subprocess.Popen(command, env=env, start_new_session=True, stdout=output, stderr=output)
+        try:
+            local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
+            wait_until_healthy(local, server)
+            if credentials and not credentials_accepted(local, credentials):
+                raise ConfigError(f"the MLflow admin stored in {study_dir / AUTH_DB} has another password than "
+                                  "MLFLOW_TRACKING_PASSWORD (the admin is created at the first --allow-remote "
+                                  "start); use that password, or delete the file to start over")
+            yield server
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, 15)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.wait(timeout=20)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, 9)  # gunicorn / uvicorn workers share the group
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).read()
+            return
+        except (urllib.error.URLError, ConnectionError) as error:
+            if server.poll() is not None:
+                raise ConfigError(f"mlflow server exited with code {server.returncode} (is port "
+                                  f"{url.rsplit(':', 1)[-1]} free?)") from None
+            if time.monotonic() > deadline:
+                raise ConfigError(f"mlflow server at {url} not healthy after {timeout:.0f} s: {error}") from None
+            time.sleep(0.5)
+
+
+def credentials_accepted(url: str, credentials: tuple[str, str]) -> bool:
+    token = base64.b64encode(":".join(credentials).encode()).decode()
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Authorization": f"Basic {token}"})
+    try:
+        urllib.request.urlopen(request, timeout=10).read()
+        return True
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            return False
+        raise
