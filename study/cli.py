@@ -252,6 +252,8 @@ def _ui(args) -> int:
     study_dir = Path(args.study_dir)
     tracking = read_study(study_dir)
     credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens
+    if credentials:
+        ui.check_login(study_dir, credentials)
     if args.screenshots:
         return _screenshots(study_dir, tracking)
     if tracking.tracking_uri.startswith(("http://", "https://")):

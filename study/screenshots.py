@@ -97,6 +97,7 @@ def _close_assistant(page) -> None:
 
 def _colors(png: bytes) -> int:
     """Distinct colours in a screenshot: a blank or broken image has one or two, a rendered heatmap hundreds."""
+    import numpy as np
     from PIL import Image
 
-    return len(set(Image.open(io.BytesIO(png)).convert("RGB").getdata()))
+    return len(np.unique(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3), axis=0))

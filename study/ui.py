@@ -3,13 +3,12 @@
 Loopback addresses serve without authentication. Any other address (``0.0.0.0``, a LAN address) needs
 ``--allow-remote`` and MLflow's ``basic-auth`` app: the admin is ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` (the pair MLflow's clients send), created in ``<study>/mlflow-auth.db`` at the first
-such start; later starts check that the pair still opens it. Credentials travel in environment variables only,
+such start; later starts check the pair against it before serving. Credentials travel in environment variables only,
 never on a command line or in a file.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import os
@@ -20,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 from trainables.config import ConfigError
@@ -52,6 +52,21 @@ def check_exposure(host: str, allow_remote: bool) -> tuple[str, str] | None:
     return os.environ[CREDENTIALS[0]], os.environ[CREDENTIALS[1]]
 
 
+def check_login(study_dir: Path, credentials: tuple[str, str]) -> None:
+    """Before serving: a study whose admin exists must be opened with that admin's password."""
+    database = study_dir / AUTH_DB
+    if not database.is_file():
+        return  # the first authenticated start creates the admin
+    with warnings.catch_warnings():  # MLflow's server modules warn about their own dependencies on import
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    store = SqlAlchemyStore()
+    store.init_db(f"sqlite:///{database.resolve()}")
+    if store.has_user(credentials[0]) and not store.authenticate_user(*credentials):
+        raise ConfigError(f"MLFLOW_TRACKING_PASSWORD is not the password of {credentials[0]} in {database} (set at "
+                          "the first --allow-remote start): use that password, or delete the file to start over")
+
+
 def server_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri, "--serve-artifacts",
             "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port)]
@@ -60,8 +75,8 @@ def server_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> 
 @contextlib.contextmanager
 def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int = 5000,
           credentials: tuple[str, str] | None = None, quiet: bool = False):
-    """Run ``mlflow server`` on the study's store until the block ends; yields the server process once healthy
-    (and, with ``credentials``, once they are accepted)."""
+    """Run ``mlflow server`` on the study's store until the block ends; yields the server process once healthy.
+    With ``credentials`` it runs MLflow's basic-auth app with them as its admin."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: ~0.5 GB, not ~2 GB
     command = server_command(tracking_uri, study_dir / "mlartifacts", host, port)
     with tempfile.TemporaryDirectory(prefix="selfd-ui-") as folder:
@@ -79,10 +94,6 @@ def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int
         try:
             local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
             wait_until_healthy(local, server)
-            if credentials and not credentials_accepted(local, credentials):
-                raise ConfigError(f"the MLflow admin stored in {study_dir / AUTH_DB} has another password than "
-                                  "MLFLOW_TRACKING_PASSWORD (the admin is created at the first --allow-remote "
-                                  "start); use that password, or delete the file to start over")
             yield server
         finally:
             if server.poll() is None:
@@ -106,16 +117,3 @@ def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120)
             if time.monotonic() > deadline:
                 raise ConfigError(f"mlflow server at {url} not healthy after {timeout:.0f} s: {error}") from None
             time.sleep(0.5)
-
-
-def credentials_accepted(url: str, credentials: tuple[str, str]) -> bool:
-    token = base64.b64encode(":".join(credentials).encode()).decode()
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-                                     headers={"Authorization": f"Basic {token}"})
-    try:
-        urllib.request.urlopen(request, timeout=10).read()
-        return True
-    except urllib.error.HTTPError as error:
-        if error.code in (401, 403):
-            return False
-        raise
