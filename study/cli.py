@@ -249,9 +249,9 @@ def _ui(args) -> int:
     from study import ui
     from study.runner import read_study
 
+    credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens
     study_dir = Path(args.study_dir)
     tracking = read_study(study_dir)
-    credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens
     if credentials:
         ui.check_login(study_dir, credentials)
     if args.screenshots:
@@ -320,13 +320,15 @@ def run_url(server: str, tracking) -> str:
 def _prepare(args) -> int:
     from tqdm import tqdm
 
-    from trainables.config import TaskConfig
+    from trainables.config import ConfigError, TaskConfig
     from trainables.models import MODEL_ALIASES, resolve_model
-    from trainables.tasks import BIGBENCH_TASKS, load_task
+    from trainables.tasks import BIGBENCH_TASKS, KNOWN_TASKS, load_task
 
     tasks = args.tasks or list(BIGBENCH_TASKS)
     models = args.model if args.model is not None else list(MODEL_ALIASES)
-    configs = [TaskConfig(name=name) for name in tasks]  # validated before anything is fetched
+    if unknown := [name for name in tasks if name not in KNOWN_TASKS]:  # before anything is fetched
+        raise ConfigError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(KNOWN_TASKS)}")
+    configs = [TaskConfig(name=name) for name in tasks]
     with tqdm(total=len(configs) + len(models), unit="asset", file=sys.stderr) as progress:
         for name in models:
             progress.set_description(f"model {name}")

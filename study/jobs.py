@@ -15,6 +15,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -32,7 +33,11 @@ def job_client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
-    if not address or not address.startswith(("http://", "https://")):
+    if not address:
+        raise ConfigError("name the cluster's job API with --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
+    if urlsplit(address).username is not None:
+        raise ConfigError("--address holds a login (user:password@); Ray's job API authenticates with RAY_AUTH_TOKEN")
+    if not address.startswith(("http://", "https://")):
         raise ConfigError(f"--address must be the Ray dashboard's URL, e.g. http://127.0.0.1:8265 (got {address!r})")
     try:
         return JobSubmissionClient(address)

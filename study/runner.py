@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -39,6 +40,8 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     from mlflow.entities import Param
 
     study_dir = study_dir.resolve()
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"--study-dir {study_dir} is a file; name a directory (new, or a finished study's)")
     if (study_dir / STUDY_FILE).is_file():
         if not _read_state(study_dir).get("finished"):
             raise ConfigError(f"{study_dir} holds an unfinished study: `selfd resume {study_dir}` continues it; "
@@ -193,6 +196,8 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
         except (OSError, ValueError) as error:
             raise ConfigError(f"cannot reach the Ray cluster at {address} ({error})") from None
+    if not address:  # Ray warns that an embedded instance uses token auth, its default; nothing to act on
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
         try:
             # "local": a new embedded instance, even where an earlier `ray start` left its address behind

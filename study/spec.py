@@ -13,11 +13,14 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import ConfigError, Method, RunSettings, apply_overrides, one_line, parse_config, read_yaml
 
+LOGIN_IN_URI = ("holds a login (user:password@): URIs are recorded and printed, so put the login in "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
 METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_rougeL": "max", "val_loss": "min"}
 
 
@@ -91,6 +94,13 @@ class Failure(_Strict):
 class Tracking(_Strict):
     tracking_uri: str | None = None  # default: sqlite:///<study dir>/mlflow.db
     experiment: str | None = None  # default: the study name
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_login(cls, uri: str | None) -> str | None:
+        if uri is not None and urlsplit(uri).username is not None:
+            raise ValueError(LOGIN_IN_URI)
+        return uri
 
 
 class Rerun(_Strict):

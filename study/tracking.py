@@ -8,12 +8,14 @@ first-time set-up of a sqlite store races).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import shutil
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
+from study.spec import LOGIN_IN_URI
 from trainables.config import ConfigError
 from trainables.mlflow_run import BATCH_LIMIT, TRACKING_ERRORS, UNSENT_DIR, find_trial_run, keep_unsent
 
@@ -40,21 +43,41 @@ class Tracking:
 
 def tracking_uri(configured: str | None, study_dir: Path) -> str:
     """The spec's URI, else MLflow's own MLFLOW_TRACKING_URI, else a sqlite store in the study directory."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+    if urllib.parse.urlsplit(uri).username is not None:
+        raise ConfigError(f"the MLflow tracking URI {LOGIN_IN_URI}")
+    return uri
 
 
 def check_reachable(uri: str) -> None:
     """A tracking server must answer /health now, before the study creates anything."""
     if not uri.startswith(("http://", "https://")):
         return
+    api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+            pass
+        with urllib.request.urlopen(urllib.request.Request(api, headers=_login_header()), timeout=10):
             return
     except urllib.error.HTTPError as error:
-        raise ConfigError(f"{uri} answered /health with HTTP {error.code}: is it an MLflow tracking server?") from None
+        if error.code in (401, 403):
+            given = "with the login in" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "without"
+            raise ConfigError(f"MLflow at {uri} refused this client ({given} MLFLOW_TRACKING_USERNAME / "
+                              "MLFLOW_TRACKING_PASSWORD): set them to an account of that server") from None
+        raise ConfigError(f"{uri} answered HTTP {error.code}: is it an MLflow tracking server?") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+
+
+def _login_header() -> dict:
+    """The login MLflow's own client sends (basic auth, or a bearer token)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {token}"}
+    return {}
 
 
 def experiment_id(client: MlflowClient, name: str, study_dir: Path, uri: str) -> str:

@@ -181,3 +181,14 @@ def _status(url: str, login: tuple[str, str] | None = None) -> int:
         return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10).status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def test_a_study_refused_by_the_mlflow_server_stops_before_it_starts(served_study, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SMALL, "name": "refused", "mlflow": {"tracking_uri": served_study["url"]}}))
+    for login in ({}, {"MLFLOW_TRACKING_USERNAME": "selfd-admin", "MLFLOW_TRACKING_PASSWORD": "wrong"}):
+        refused = run_selfd("run", str(spec), "--study-dir", str(tmp_path / "study"), env=client_env(**login),
+                            timeout=120)
+        assert refused.returncode == 2 and "refused this client" in refused.stderr, refused.stderr[-2000:]
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "study").exists()

@@ -150,6 +150,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; name a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
