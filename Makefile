@@ -40,12 +40,14 @@ browser:
 test: install
 	$(BIN)/python -m pytest
 
-# The two CPU Figure 3 sweeps, then where to look at them.
+# The two CPU Figure 3 sweeps, each photographed in the MLflow UI (headless Chromium), then where to look.
 demo: install
 	@mkdir -p studies
 	$(BIN)/selfd run search_spaces/fig3_rte_cpu.yaml | tee studies/demo.log
 	$(BIN)/selfd run search_spaces/fig3_boolq_cpu.yaml | tee -a studies/demo.log
-	@echo; echo "Where to look:"; grep -E '^(heatmap|report|MLflow):' studies/demo.log
+	$(BIN)/selfd ui studies/fig3_rte_cpu --screenshots | tee -a studies/demo.log
+	$(BIN)/selfd ui studies/fig3_boolq_cpu --screenshots | tee -a studies/demo.log
+	@echo; echo "Where to look:"; grep -E '^(heatmap|report|MLflow|screenshot):' studies/demo.log
 
 bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json

@@ -86,7 +86,7 @@ class TrainingConfig(_Strict):
     grad_norm_every: int = Field(50, ge=0)  # 0 turns the probe off
     eval_batch_size: int = Field(64, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has native bf16
     cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on
 
 

@@ -16,7 +16,6 @@ checkpoints and resuming work as in the classification loop.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from trainables.config import PLAIN_BATCH_METHODS, RunConfig
 from trainables.generation_tasks import load_generation_task, score_generations, tokenized_generation_task
 from trainables.grad_norms import layer_groups
 from trainables.loop import (CHECKPOINT_FILE, Reporter, Window, decay_groups, distillation_rule, extremes,
-                             optimizer_step, pick_device, report_step, seed_everything)
+                             mixed_precision, optimizer_step, pick_device, report_step, seed_everything)
 from trainables.models import load_causal_lm, load_tokenizer, resolve_model
 from trainables.token_teachers import TokenTeachers, aligned, keep_teachers, token_kd
 
@@ -53,8 +52,7 @@ def fine_tune_lm(config: RunConfig, reporter: Reporter | None = None, resume_fro
     seed_everything(training.seed)
     model = load_causal_lm(model_path, config.model.num_layers, config.model.attn_implementation,
                            config.model.lora).to(device)
-    bf16 = training.precision == "bf16" or (training.precision == "auto" and device.type == "cuda")
-    autocast = functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    autocast = mixed_precision(training.precision, device)
 
     distils = config.method not in PLAIN_BATCH_METHODS
     fresh_size = training.batch_size // 2 if distils else training.batch_size
