@@ -180,12 +180,8 @@ def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec,
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean |gradient| of the layer (log scale)")
     axes[0][-1].legend(fontsize=8)
-    figure.suptitle(f"Per-layer gradient norms · {spec.task.name} · {spec.model.name}")
-    figure.tight_layout()
-    path = folder / f"{spec.task.name}_vanilla_vs_dynamic.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path.name]
+    return _save(figure, f"Per-layer gradient norms · {spec.task.name} · {spec.model.name}",
+                 folder / f"{spec.task.name}_vanilla_vs_dynamic.png")
 
 
 def _default_layers(available: list[str]) -> list[str]:
@@ -216,9 +212,13 @@ def dynamics_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, 
         ax.set_title(f"DynSDPB {symbol} over training")
         ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=8)
-    figure.suptitle(f"DynSDPB's per-sample α and τ · {spec.task.name} · {spec.model.name}")
+    return _save(figure, f"DynSDPB's per-sample α and τ · {spec.task.name} · {spec.model.name}",
+                 folder / f"{spec.task.name}_dynamic_alpha_tau.png")
+
+
+def _save(figure, title: str, path: Path) -> list[str]:
+    figure.suptitle(title)
     figure.tight_layout()
-    path = folder / f"{spec.task.name}_dynamic_alpha_tau.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return [path.name]

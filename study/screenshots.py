@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 
 from study.report_page import SECTIONS
@@ -50,11 +51,8 @@ def photograph(server: str, tracking, children: list[str], heatmap: str | None, 
             page = context.new_page()
             page.goto(run_url)
             page.get_by_text("Child runs", exact=True).wait_for()
-            for name in children:  # the run page lists its nested runs as links
-                page.get_by_role("link", name=name, exact=True).first.wait_for()
             _close_assistant(page)
-            seen["run"] = {"title": page.title(), "child_runs": [
-                name for name in children if page.get_by_role("link", name=name, exact=True).count()]}
+            seen["run"] = {"title": page.title(), "child_runs": _list_child_runs(page, children)}
             page.screenshot(path=out / "run.png")
 
             if heatmap:
@@ -85,6 +83,23 @@ def photograph(server: str, tracking, children: list[str], heatmap: str | None, 
         finally:
             browser.close()
     return seen
+
+
+def _list_child_runs(page, children: list[str]) -> list[str]:
+    """The nested runs the parent run's page links to, after pressing "Load more" as a reader would (the page
+    lists them ten at a time) until all of ``children`` show or nothing more loads."""
+    def listed() -> list[str]:
+        return [name for name in children if page.get_by_role("link", name=name, exact=True).count()]
+
+    load_more = page.get_by_role("button", name="Load more", exact=True)
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    shown = listed()
+    while len(shown) < len(children) and time.monotonic() < deadline:
+        if load_more.count() and load_more.first.is_enabled():
+            load_more.first.click()
+        page.wait_for_timeout(500)  # the next page of runs, or the first one, is fetched by the UI
+        shown = listed()
+    return shown
 
 
 def _close_assistant(page) -> None:

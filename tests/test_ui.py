@@ -192,3 +192,22 @@ def test_a_study_refused_by_the_mlflow_server_stops_before_it_starts(served_stud
         assert refused.returncode == 2 and "refused this client" in refused.stderr, refused.stderr[-2000:]
         assert len(refused.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "study").exists()
+
+
+def test_readme_walkthrough_shows_screenshots_this_code_made_and_says_what_they_show():
+    """docs/screenshots/ is what `make demo` left in studies/fig3_rte_cpu/screenshots (run.png, ..., seen.json):
+    the README shows those images and states what the browser saw on them."""
+    from study.screenshots import VIEWPORT
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    shown = re.findall(r"!\[[^\]]*\]\((docs/screenshots/[^)]+)\)", readme)
+    assert {Path(path).name for path in shown} >= {"run.png", "heatmap.png", "report.png"}
+    for path in shown:
+        with Image.open(root / path) as image:  # a screenshot.py viewport (or the whole page, as wide)
+            assert image.format == "PNG" and image.width == VIEWPORT["width"], path
+    seen = json.loads((root / "docs" / "screenshots" / "seen.json").read_text())
+    readme = " ".join(readme.split())  # wrapped prose reads as one line
+    assert f"{len(seen['run']['child_runs'])} child runs" in readme
+    assert "{} × {} px".format(*seen["heatmap"]["natural_size"]) in readme
+    assert all(title in readme for title in seen["report"]["sections"])
