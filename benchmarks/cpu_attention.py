@@ -17,6 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from trainables.loop import has_native_bf16
 from trainables.models import load_classifier, load_tokenizer, resolve_model
 
 KERNELS = ("sdpa", "eager")
@@ -70,7 +71,7 @@ def main() -> None:
         row["fastest"] = min((k for k in row if k != "length"), key=row.get)
         rows.append(row)
     report = {"benchmark": "cpu_attention", "model": "minilm-l6", "batch_size": 16, "threads": args.threads,
-              "bf16_native": torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+              "bf16_native": has_native_bf16(torch.device("cpu")),
               "seconds_per_step": rows}
     print(json.dumps(report, indent=2) if args.json else report)
 

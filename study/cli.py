@@ -275,6 +275,7 @@ def _screenshots(study_dir: Path, tracking) -> int:
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
     from study import screenshots, ui
+    from study.report_page import SECTIONS
 
     screenshots.chromium_path()  # no browser: say so before starting a server
     children = [run.info.run_name for run in MlflowClient(tracking.tracking_uri).search_runs(
@@ -302,6 +303,12 @@ def _screenshots(study_dir: Path, tracking) -> int:
           f"{seen['report']['images']} figures)")
     print(f"screenshot: {out / 'report_page.png'}  (the whole report page)")
     (out / "seen.json").write_text(json.dumps(seen, indent=2))
+    missing = [what for what, shown in (("child runs", len(seen["run"]["child_runs"]) == len(children)),
+                                        ("report sections", len(seen["report"]["sections"]) == len(SECTIONS)))
+               if not shown]
+    if missing:
+        print(f"selfd: the MLflow UI did not show all {' and '.join(missing)} (see {out})", file=sys.stderr)
+        return 1
     return 0
 
 
