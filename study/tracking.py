@@ -50,24 +50,23 @@ def tracking_uri(configured: str | None, study_dir: Path) -> str:
 
 
 def check_reachable(uri: str) -> None:
-    """A tracking server must answer /health now, before the study creates anything."""
+    """A tracking server must answer /health, and take this client's login, now, before the study creates anything."""
     if not uri.startswith(("http://", "https://")):
         return
-    api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
-            pass
-        with urllib.request.urlopen(urllib.request.Request(api, headers=_login_header()), timeout=10):
-            return
-    except urllib.error.HTTPError as error:
-        if error.code in (401, 403):
-            given = "with the login in" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "without"
-            raise ConfigError(f"MLflow at {uri} refused this client ({given} MLFLOW_TRACKING_USERNAME / "
-                              "MLFLOW_TRACKING_PASSWORD): set them to an account of that server") from None
-        raise ConfigError(f"{uri} answered HTTP {error.code}: is it an MLflow tracking server?") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
-        reason = getattr(error, "reason", error)
-        raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+    base = uri.rstrip("/")
+    for path, headers in (("/health", {}), ("/api/2.0/mlflow/experiments/search?max_results=1", _login_header())):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=10):
+                pass
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403):
+                given = "with the login in" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "without"
+                raise ConfigError(f"MLflow at {uri} refused this client ({given} MLFLOW_TRACKING_USERNAME / "
+                                  "MLFLOW_TRACKING_PASSWORD): set them to an account of that server") from None
+            raise ConfigError(f"{uri} answered {path.partition('?')[0]} with HTTP {error.code}: is it an MLflow tracking server?") from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise ConfigError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
 
 
 def _login_header() -> dict:

@@ -145,8 +145,9 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        first_line = server.stdout.readline()
-        assert f"{base}/#/experiments/{info['experiment_id']}/runs/{info['parent_run_id']}" in first_line
+        # printed once the server is healthy; the server's own lines may come first
+        url_line = next((line for line in server.stdout if line.startswith("MLflow UI for")), "")
+        assert f"{base}/#/experiments/{info['experiment_id']}/runs/{info['parent_run_id']}" in url_line
         wait_for_health(base, server)
         run = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={info['parent_run_id']}").read())
         assert run["run"]["info"]["run_name"].startswith("tiny ")
