@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int
             command += ["--app-name", "basic-auth"]
         output = subprocess.DEVNULL if quiet else None
         server = subprocess.Popen(command, env=env, start_new_session=True, stdout=output, stderr=output)
+        # the server has its own process group: a SIGTERM to ours must still stop it, through the finally below
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
             wait_until_healthy(local, server)
@@ -102,6 +105,11 @@ def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int
                     server.wait(timeout=20)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(server.pid, 9)  # gunicorn / uvicorn workers share the group
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:

@@ -137,6 +137,7 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
     import signal
     import subprocess
     import sys
+    import urllib.error
     import urllib.request
 
     _, info, _, _ = study_runs(grid_study)
@@ -159,6 +160,8 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+    with pytest.raises(urllib.error.URLError):  # the MLflow server went with `selfd ui`
+        urllib.request.urlopen(f"{base}/health", timeout=5)
 
 
 def test_best_settings_rerun_over_seeds_with_a_paired_comparison(local_ray, tmp_path):

@@ -158,6 +158,8 @@ def test_ui_serves_loopback_only_unless_remote_access_is_authenticated(local_stu
         assert _status(api, login) == 200
     finally:
         stop_process_group(ui)
+    with pytest.raises(urllib.error.URLError):  # SIGTERM to `selfd ui` stops the server it started
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
     assert (local_study / "mlflow-auth.db").is_file()
     wrong = run_selfd("ui", str(local_study), "--host", "0.0.0.0", "--allow-remote", "--port", str(free_port()),
                       env={**env, "MLFLOW_TRACKING_PASSWORD": "another"}, timeout=180)
