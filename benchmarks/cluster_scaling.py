@@ -19,16 +19,15 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from mlflow import MlflowClient
 
+from study.net import free_port
 from study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +35,6 @@ BIN = Path(sys.executable).parent
 OVERRIDES = ["baselines=[]", "seeds=[0]", "search.space.distill.tau.values=[1.0,3.0]",
              "search.space.distill.alpha.values=[1.0,2.0]"]
 NODE = {"RAY_MEMORY_BYTES": str(4 * 1024**3), "RAY_OBJECT_STORE_BYTES": str(500 * 1024**2)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop(process: subprocess.Popen) -> None:

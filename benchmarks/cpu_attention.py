@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainables.loop import has_native_bf16
+from trainables.devices import has_native_bf16
 from trainables.models import load_classifier, load_tokenizer, resolve_model
 
 KERNELS = ("sdpa", "eager")

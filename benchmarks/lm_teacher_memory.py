@@ -40,7 +40,7 @@ def base_config(method: str, storage: str, k: int, batch_size: int, max_length: 
 
 
 def measure(variant: str, steps: int, warmup: int, batch_size: int, max_length: int) -> dict:
-    from trainables.loop import fine_tune
+    from trainables.recipe import fine_tune
 
     config = base_config(*VARIANTS[variant], batch_size, max_length, batch_size // 2 * (steps + warmup))
     times, peak = [], {}

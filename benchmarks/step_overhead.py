@@ -26,10 +26,11 @@ METHODS = ("vanilla", "vanilla_repeat", "static", "dynamic")
 
 
 def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: int) -> dict:
-    from trainables.config import PLAIN_BATCH_METHODS, parse_config
-    from trainables.loop import fine_tune
+    from trainables.config import parse_config
+    from trainables.methods import METHODS
+    from trainables.recipe import fine_tune
 
-    fresh = batch_size if method in PLAIN_BATCH_METHODS else batch_size // 2
+    fresh = batch_size // 2 if METHODS[method].dlb_batches else batch_size
     config = parse_config({
         "method": method,
         "model": "minilm-l6",

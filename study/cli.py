@@ -22,9 +22,7 @@ EXIT_UNRECORDED = 3  # the study ran, but MLflow has not recorded all of it yet 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from trainables.cache import AssetError
-    from trainables.config import ConfigError
-    from trainables.loop import TrainingDiverged
+    from trainables.errors import AssetError, ConfigError, TrainingDiverged
 
     try:
         return args.handler(args)
@@ -117,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from trainables.config import load_config
-    from trainables.loop import fine_tune
+    from trainables.recipe import fine_tune
 
     config = load_config(args.config, args.override)
     summary = fine_tune(config, ConsoleReporter())
@@ -173,6 +171,7 @@ def _resume_hint(study_dir: Path):
 def _finish(study_dir: Path, tracking) -> int:
     """Send what MLflow missed, then the report and where to look; exit code 3 while MLflow still misses some."""
     from study.runner import sync_study
+    from trainables.errors import first_line
     from trainables.mlflow_run import TRACKING_ERRORS
 
     try:
@@ -180,16 +179,16 @@ def _finish(study_dir: Path, tracking) -> int:
         if complete:
             _write_report(study_dir)
     except TRACKING_ERRORS as error:
-        print(f"selfd: MLflow: {str(error).splitlines()[0][:300]}", file=sys.stderr)
+        print(f"selfd: MLflow: {first_line(error, 300)}", file=sys.stderr)
         complete = False
     if not complete:
         print(f"selfd: every trial ran, but MLflow ({tracking.tracking_uri}) has not recorded all of it; the rest is "
               f"kept in {study_dir}. When it is reachable again: selfd report --sync {study_dir}", file=sys.stderr)
         return EXIT_UNRECORDED
     if tracking.tracking_uri.startswith(("http://", "https://")):
-        print(f"MLflow: {run_url(tracking.tracking_uri, tracking)}")
+        print(f"MLflow: {tracking.run_url(tracking.tracking_uri)}")
     else:
-        print(f"MLflow: selfd ui {study_dir}  then open {run_url('http://127.0.0.1:5000', tracking)}")
+        print(f"MLflow: selfd ui {study_dir}  then open {tracking.run_url('http://127.0.0.1:5000')}")
     return 0
 
 
@@ -257,12 +256,12 @@ def _ui(args) -> int:
     if args.screenshots:
         return _screenshots(study_dir, tracking)
     if tracking.tracking_uri.startswith(("http://", "https://")):
-        print(f"this study records to {tracking.tracking_uri}: {run_url(tracking.tracking_uri, tracking)}")
+        print(f"this study records to {tracking.tracking_uri}: {tracking.run_url(tracking.tracking_uri)}")
         return 0
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     with ui.serve(study_dir, tracking.tracking_uri, args.host, args.port, credentials) as server:
         login = f" (log in as {credentials[0]})" if credentials else ""
-        print(f"MLflow UI for {study_dir}: {run_url(f'http://{shown}:{args.port}', tracking)}{login}  "
+        print(f"MLflow UI for {study_dir}: {tracking.run_url(f'http://{shown}:{args.port}')}{login}  "
               "(Ctrl-C stops it)", flush=True)
         return server.wait()
 
@@ -274,7 +273,7 @@ def _screenshots(study_dir: Path, tracking) -> int:
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from study import screenshots, ui
+    from study import net, screenshots, ui
     from study.report_page import SECTIONS
 
     screenshots.chromium_path()  # no browser: say so before starting a server
@@ -289,7 +288,7 @@ def _screenshots(study_dir: Path, tracking) -> int:
         seen = screenshots.photograph(tracking.tracking_uri.rstrip("/"), tracking, children, heatmap, out,
                                       credentials if all(credentials) else None, report)
     else:
-        port = _free_port()
+        port = net.free_port()
         with ui.serve(study_dir, tracking.tracking_uri, "127.0.0.1", port, quiet=True):
             seen = screenshots.photograph(f"http://127.0.0.1:{port}", tracking, children, heatmap, out,
                                           report_file=report)
@@ -312,22 +311,11 @@ def _screenshots(study_dir: Path, tracking) -> int:
     return 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run_url(server: str, tracking) -> str:
-    return f"{server}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
-
-
 def _prepare(args) -> int:
     from tqdm import tqdm
 
-    from trainables.config import ConfigError, TaskConfig
+    from trainables.config import TaskConfig
+    from trainables.errors import ConfigError
     from trainables.models import MODEL_ALIASES, resolve_model
     from trainables.tasks import BIGBENCH_TASKS, KNOWN_TASKS, load_task
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from study.spec import StudySpec
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 # what the job's driver runs; a fixed module path keeps it independent of the cluster's console scripts
 ENTRYPOINT = "python -m study.cli run spec.yaml --address auto --study-dir {study_dir}"

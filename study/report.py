@@ -23,8 +23,10 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
 from study.report_page import write_page  # noqa: E402
-from study.runner import read_study  # noqa: E402
+from study import state as phases  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
+from study.state import StudyState  # noqa: E402
+from trainables.mlflow_run import PHASE_TAG  # noqa: E402
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
 FIGURE_FOLDERS = ("heatmaps", "grad_norms", "dynamics", "importance")
@@ -34,10 +36,10 @@ DYNAMICS_TRIALS = 6  # α/τ traces drawn, at most: more lines are unreadable
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     """Write ``report/`` and log it to the parent run; returns the folder and one headline per heatmap."""
     study_dir = Path(study_dir).resolve()
-    info = read_study(study_dir).__dict__
+    state = StudyState.read(study_dir)
     spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
-    client = MlflowClient(info["tracking_uri"])
-    table = results_table(client, info, spec)
+    client = MlflowClient(state.tracking.tracking_uri)
+    table = results_table(client, state, spec)
     out = study_dir / "report"
     for folder in FIGURE_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)  # figures of an earlier report must not linger
@@ -50,12 +52,12 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     traces = grad_norm_figure(client, table, spec, out / "grad_norms")
     dynamics = dynamics_figure(client, table, spec, out / "dynamics")
     importance = importance_figure(table, spec, out / "importance")
-    comparison = method_comparison(table, spec, heatmaps, info.get("phases", {}))
+    comparison = method_comparison(table, spec, heatmaps, state)
     (out / "summary.md").write_text(summary(spec, table, heatmaps, traces, importance))
     write_page(out, spec, table, comparison, [headline(data, spec.mode) for data in heatmaps],
-               client.get_run(info["parent_run_id"]))
+               client.get_run(state.tracking.parent_run_id))
 
-    parent = info["parent_run_id"]
+    parent = state.tracking.parent_run_id
     for name in ("results.csv", "summary.md"):
         client.log_artifact(parent, str(out / name))
     client.log_artifact(parent, str(out / "index.html"), "report")
@@ -65,10 +67,11 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     return out, [headline(data, spec.mode) for data in heatmaps]
 
 
-def results_table(client: MlflowClient, info: dict, spec: StudySpec) -> pd.DataFrame:
+def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:
     """One row per trial: phase, method, searched values, seed, status, epochs, best and final metric."""
-    runs = client.search_runs([info["experiment_id"]], max_results=10000,
-                              filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{info['parent_run_id']}'")
+    tracking = state.tracking
+    runs = client.search_runs([tracking.experiment_id], max_results=10000,
+                              filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}'")
     rows = []
     for run in runs:
         history = sorted(client.get_metric_history(run.info.run_id, spec.metric), key=lambda m: m.step)
@@ -77,27 +80,27 @@ def results_table(client: MlflowClient, info: dict, spec: StudySpec) -> pd.DataF
         params = run.data.params
         rows.append({
             "trial": run.info.run_name,
-            "phase": run.data.tags.get("selfd.phase", ""),
+            "phase": run.data.tags.get(PHASE_TAG, ""),
             "method": params.get("method", ""),
             **{name: _number(params.get(name)) for name in spec.search.space},
             "seed": int(params.get("training.seed", -1)),
             "status": run.info.status,
             "epochs": len(values),
-            f"best_{spec.metric}": best,
-            f"final_{spec.metric}": values[-1] if values else math.nan,
+            spec.metric.best: best,
+            spec.metric.final: values[-1] if values else math.nan,
             "seconds": run.data.metrics.get("seconds", math.nan),
             "failure": run.data.tags.get("selfd.failure", ""),
             "run_id": run.info.run_id,
         })
     columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs",
-               f"best_{spec.metric}", f"final_{spec.metric}", "seconds", "failure", "run_id"]
+               spec.metric.best, spec.metric.final, "seconds", "failure", "run_id"]
     return pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
 
 
 def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, folder: Path) -> dict | None:
     """Mean ± std over seeds of the best metric per (x, y) cell, best cell boxed, references in the title."""
-    score = f"best_{spec.metric}"
-    rows = table[(table.phase == f"search-{method}") & table[score].notna()]
+    score = spec.metric.best
+    rows = table[(table.phase == phases.search(method).name) & table[score].notna()]
     if rows.empty:
         return None
     x_values = sorted(spec.search.space[x].values)
@@ -114,7 +117,7 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
     seeds = sorted(set(rows.seed))
     reference = {}
     for ref in REFERENCE_METHODS:
-        ref_scores = table[(table.phase == "baselines") & (table.method == ref) & table.seed.isin(seeds)][score]
+        ref_scores = table[(table.phase == phases.BASELINES.name) & (table.method == ref) & table.seed.isin(seeds)][score]
         if len(ref_scores):
             reference[ref] = {"mean": float(ref_scores.mean()), "std": float(ref_scores.std(ddof=1)) if len(ref_scores) > 1 else 0.0,
                               "n": int(len(ref_scores))}
@@ -158,7 +161,7 @@ def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec,
     panels = []
     for method in REFERENCE_METHODS:
         candidates = table[(table.method == method) & (table.status == "FINISHED")]
-        candidates = candidates.sort_values(["phase", "seed"], key=lambda c: c != "baselines" if c.name == "phase" else c)
+        candidates = candidates.sort_values(["phase", "seed"], key=lambda c: c != phases.BASELINES.name if c.name == "phase" else c)
         if len(candidates):
             panels.append((method, candidates.iloc[0]))
     if not panels:
@@ -230,10 +233,10 @@ def _trial_label(row: pd.Series, spec: StudySpec) -> str:
     return f"{row.phase} seed {row.seed}" + (f" ({searched})" if searched else "")
 
 
-def method_comparison(table: pd.DataFrame, spec: StudySpec, heatmaps: list[dict], phases: dict) -> list[dict]:
+def method_comparison(table: pd.DataFrame, spec: StudySpec, heatmaps: list[dict], state: StudyState) -> list[dict]:
     """Each method at its best: baselines at the base settings, searched methods at their best setting (re-run
     over seeds when the study re-runs it, else the heatmap's best cell, else the best trial); mean ± std over seeds."""
-    score = f"best_{spec.metric}"
+    score = spec.metric.best
     scored = table[table[score].notna()]
     rows = []
 
@@ -241,23 +244,24 @@ def method_comparison(table: pd.DataFrame, spec: StudySpec, heatmaps: list[dict]
         rows.append({"method": method, "how": how, "setting": setting, "n": int(len(scores)),
                      "mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0})
 
-    for method, group in scored[scored.phase == "baselines"].groupby("method", sort=False):
+    for method, group in scored[scored.phase == phases.BASELINES.name].groupby("method", sort=False):
         setting = "" if method == "vanilla" else f"α={spec.distill.alpha:g}, τ={spec.distill.tau:g}"
         add(method, "base settings", setting, group[score])
     for method in spec.methods:
-        reruns = scored[scored.phase == f"rerun-{method}"]
-        best = (phases.get(f"search-{method}") or {}).get("best") or {}
+        reruns = scored[scored.phase == phases.rerun(method).name]
+        search = state.ended(phases.search(method))
+        best = (search.best if search else None) or {}
         cell = next((d for d in heatmaps if d["method"] == method), None)
         if len(reruns):
             add(method, "best setting re-run", _setting(best), reruns[score])
         elif cell is not None:
             best_cell = cell["best"]
-            cell_rows = scored[(scored.phase == f"search-{method}") & (scored[cell["x"]] == best_cell["x"])
+            cell_rows = scored[(scored.phase == phases.search(method).name) & (scored[cell["x"]] == best_cell["x"])
                                & (scored[cell["y"]] == best_cell["y"])]
             add(method, "best grid cell", _setting({cell["x"]: best_cell["x"], cell["y"]: best_cell["y"]}),
                 cell_rows[score])
         else:
-            search = scored[scored.phase == f"search-{method}"]
+            search = scored[scored.phase == phases.search(method).name]
             if len(search):
                 top = search.sort_values(score, ascending=spec.mode == "min").iloc[:1]
                 add(method, "best trial", _setting({n: top.iloc[0][n] for n in spec.search.space}), top[score])
@@ -276,10 +280,10 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
 
     if spec.search.algorithm == "grid" or len(spec.search.space) < 2:
         return {}
-    score = f"best_{spec.metric}"
+    score = spec.metric.best
     importances = {}
     for method in spec.methods:
-        rows = table[(table.phase == f"search-{method}") & table[score].notna()]
+        rows = table[(table.phase == phases.search(method).name) & table[score].notna()]
         if len(rows) < 3:
             continue
         distributions = {name: CategoricalDistribution(d.values) if d.values is not None
@@ -304,7 +308,7 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
 
 
 def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: list[str], importance: dict) -> str:
-    score = f"best_{spec.metric}"
+    score = spec.metric.best
     lines = [f"# Study {spec.name}", "", spec.description, "",
              f"Model `{spec.model.name}`, task `{spec.task.name}`, metric `{spec.metric}` ({spec.mode}), "
              f"search `{spec.search.algorithm}` over {', '.join(f'`{n}`' for n in spec.search.space)}.", "",
@@ -318,7 +322,7 @@ def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: 
         for name, ref in data["reference"].items():
             verdict = "beats" if _beats(best, ref, spec.mode) else "does not beat"
             lines.append(f"- {name}: {ref['mean']:.4f} ± {ref['std']:.4f} — the best cell {verdict} it.")
-    reruns = table[table.phase.str.startswith("rerun-")]
+    reruns = table[table.phase.map(lambda name: bool(name) and phases.Phase.parse(name).kind is phases.PhaseKind.RERUN)]
     if len(reruns):
         lines += ["", "## Best settings re-run over seeds", "", "| method | mean | std | seeds |", "|---|---|---|---|"]
         per_method = {m: rows.set_index("seed")[score] for m, rows in reruns.groupby("method")}

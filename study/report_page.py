@@ -53,7 +53,7 @@ CAPTIONS = {
 def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], headlines: list[str],
                parent_run) -> Path:
     """Write ``out/index.html`` from the report's tables and the figures already drawn under ``out``."""
-    score = f"best_{spec.metric}"
+    score = spec.metric.best
     sections = {
         "summary": _summary(spec, table, headlines, parent_run),
         "comparison": _comparison(comparison, spec),

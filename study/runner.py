@@ -14,7 +14,6 @@ parent run; the earlier runs stay in MLflow).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import platform
@@ -22,16 +21,18 @@ import shutil
 import socket
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
+from study import state as phases
 from study.spec import StudySpec
+from study.state import STUDY_FILE, Phase, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
-from trainables.config import ConfigError, flatten
+from trainables.errors import ConfigError
 from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries
-
-STUDY_FILE = "study.json"
+from trainables.schema import flatten
 
 
 def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> Tracking:
@@ -43,7 +44,7 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError(f"--study-dir {study_dir} is a file; name a directory (new, or a finished study's)")
     if (study_dir / STUDY_FILE).is_file():
-        if not _read_state(study_dir).get("finished"):
+        if not StudyState.read(study_dir).finished:
             raise ConfigError(f"{study_dir} holds an unfinished study: `selfd resume {study_dir}` continues it; "
                               "to start another, pass a new --study-dir")
         # a new execution of a finished study: the old one's Tune state would be restored instead of run
@@ -61,7 +62,7 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     params = flatten(spec.model_dump(mode="json"))
     client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     tracking = Tracking(uri, experiment, parent.info.run_id)
-    _write_state(study_dir, {"name": spec.name, **tracking.__dict__, "phases": {}, "finished": False})
+    StudyState(spec.name, tracking).write(study_dir)
     _run_phases(spec, study_dir, tracking)
     return tracking
 
@@ -74,15 +75,16 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
     from study.spec import load_spec
 
     study_dir = Path(study_dir).resolve()
-    tracking, state = read_study(study_dir), _read_state(study_dir)
-    if state.get("finished"):
+    state = StudyState.read(study_dir)
+    tracking = state.tracking
+    if state.finished:
         return None
     spec = load_spec(study_dir / "spec.yaml")
     _prepare(spec, tracking.tracking_uri, address)
     client = MlflowClient(tracking.tracking_uri)
     client.update_run(tracking.parent_run_id, status="RUNNING")
-    client.set_tag(tracking.parent_run_id, "selfd.resumed", str(int(state.get("resumed", 0)) + 1))
-    _write_state(study_dir, {**state, "resumed": int(state.get("resumed", 0)) + 1})
+    client.set_tag(tracking.parent_run_id, "selfd.resumed", str(state.resumed + 1))
+    replace(state, resumed=state.resumed + 1).write(study_dir)
     _run_phases(spec, study_dir, tracking)
     # A trial that started after Tune's last saved experiment state is unknown to the restored phase: its
     # setting ran again as a new trial, and its own child run, still RUNNING, would count twice. It goes to
@@ -100,8 +102,8 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> None:
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     bounded_retries()
     check_reachable(uri)
+    prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
     connect_ray(address, spec)
-    prepare_data(spec)
 
 
 def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
@@ -111,79 +113,62 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
     client = MlflowClient(tracking.tracking_uri)
     try:
         if spec.baselines:
-            _phase(spec, study_dir, tracking, "baselines", _fixed(spec.baselines, spec.seeds))
+            _phase(spec, study_dir, tracking, phases.BASELINES, _fixed(spec.baselines, spec.seeds))
         best = {}
         for method, (search_alg, samples) in _searches(spec).items():
-            best[method] = _phase(spec, study_dir, tracking, f"search-{method}", {}, search_alg, samples)["best"]
+            best[method] = _phase(spec, study_dir, tracking, phases.search(method), {}, search_alg, samples).best
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
                     rerun = _fixed([method], spec.rerun_best.seeds, setting)
-                    _phase(spec, study_dir, tracking, f"rerun-{method}", rerun)
+                    _phase(spec, study_dir, tracking, phases.rerun(method), rerun)
     except BaseException:
         with contextlib.suppress(*TRACKING_ERRORS):
             client.set_terminated(tracking.parent_run_id, "KILLED")
         raise
-    state = {**_read_state(study_dir), "finished": True}
-    _write_state(study_dir, state)
+    state = replace(StudyState.read(study_dir), finished=True)
+    state.write(study_dir)
     with contextlib.suppress(*TRACKING_ERRORS):  # else `selfd report --sync` ends it
-        end_parent(tracking, state)
+        end_parent(state)
 
 
 def sync_study(study_dir: Path) -> int:
     """Send what trials kept while MLflow was unreachable and end a finished study's parent run; returns how
     many trials still have unsent records."""
-    tracking, state = read_study(study_dir), _read_state(study_dir)
-    left = send_unsent(study_dir, tracking)
-    if not left and state.get("finished"):
-        end_parent(tracking, state)
+    state = StudyState.read(study_dir)
+    left = send_unsent(study_dir, state.tracking)
+    if not left and state.finished:
+        end_parent(state)
     return left
 
 
-def end_parent(tracking: Tracking, state: dict) -> None:
+def end_parent(state: StudyState) -> None:
     """Mark a finished study's parent run FINISHED with its failed-trial count."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking.tracking_uri)
+    client = MlflowClient(state.tracking.tracking_uri)
     # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
-    failed = sum(phase["failed"] for phase in state["phases"].values())
-    client.set_tag(tracking.parent_run_id, "selfd.failed_trials", str(failed))
-    client.set_terminated(tracking.parent_run_id, "FINISHED")
+    client.set_tag(state.tracking.parent_run_id, "selfd.failed_trials", str(state.failed_trials))
+    client.set_terminated(state.tracking.parent_run_id, "FINISHED")
 
 
-def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
-           search_alg=None, num_samples: int = 1) -> dict:
+def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, param_space: dict,
+           search_alg=None, num_samples: int = 1) -> PhaseRecord:
     """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
-    state = _read_state(study_dir)
-    if phase in state["phases"]:
-        return state["phases"][phase]
+    ended = StudyState.read(study_dir).ended(phase)
+    if ended is not None:
+        return ended
     results = _fit(spec, study_dir, tracking, phase, param_space, search_alg, num_samples)
-    record = {"failed": results.num_errors, "best": best_setting(results, spec) if search_alg else None}
-    state["phases"][phase] = record
-    _write_state(study_dir, state)
-    for checkpoint in (study_dir / "tune" / phase).glob("*/checkpoint_*"):  # an ended phase never resumes
+    record = PhaseRecord(results.num_errors, best_setting(results, spec) if search_alg else None)
+    StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
+    for checkpoint in (study_dir / "tune" / phase.name).glob("*/checkpoint_*"):  # an ended phase never resumes
         shutil.rmtree(checkpoint, ignore_errors=True)
     return record
 
 
 def read_study(study_dir: Path) -> Tracking:
     """Where a study directory's runs are recorded."""
-    info = _read_state(study_dir)
-    return Tracking(info["tracking_uri"], info["experiment_id"], info["parent_run_id"])
-
-
-def _read_state(study_dir: Path) -> dict:
-    path = Path(study_dir) / STUDY_FILE
-    if not path.is_file():
-        raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
-    return json.loads(path.read_text())
-
-
-def _write_state(study_dir: Path, state: dict) -> None:
-    path = study_dir / STUDY_FILE
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(state, indent=2))
-    partial.replace(path)  # atomic: a kill mid-write leaves the previous state
+    return StudyState.read(study_dir).tracking
 
 
 def connect_ray(address: str | None, spec: StudySpec) -> None:
@@ -215,18 +200,10 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
 
 def prepare_data(spec: StudySpec) -> None:
     """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here)."""
-    from trainables.generation_tasks import GENERATION_TASKS, load_generation_task, tokenized_generation_task
-    from trainables.models import load_tokenizer, resolve_model
-    from trainables.tasks import load_task, tokenized_task
+    from trainables.config import parse_config
+    from trainables.recipe import load_data
 
-    if spec.task.name in GENERATION_TASKS:
-        data = load_generation_task(spec.task)
-        tokenizer = load_tokenizer(resolve_model(spec.model.name))
-        tokenized_generation_task(data, tokenizer, spec.model.name, spec.task.max_length, spec.task.max_target_length)
-        return
-    task = load_task(spec.task)
-    tokenizer = load_tokenizer(resolve_model(spec.model.name))
-    tokenized_task(task, tokenizer, spec.model.name, spec.task.max_length)
+    load_data(parse_config(spec.base_run(spec.methods[0])))
 
 
 def _searches(spec: StudySpec) -> dict:
@@ -265,7 +242,7 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
     return {"method": tune.grid_search(methods), "training.seed": tune.grid_search(seeds), **(setting or {})}
 
 
-def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param_space: dict,
+def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, param_space: dict,
          search_alg=None, num_samples: int = 1):
     """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
@@ -275,9 +252,9 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
 
     base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase, study_dir)),
+        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase.name, study_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    path = study_dir / "tune" / phase
+    path = study_dir / "tune" / phase.name
     if tune.Tuner.can_restore(path):
         # finished and failed trials stay as they ended; unfinished ones go on from their last checkpoint
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
@@ -296,7 +273,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: str, param
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=phase, storage_path=str(study_dir / "tune"),
+            name=phase.name, storage_path=str(study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialStatus(tracking, spec.training.epochs, study_dir)], verbose=1),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from study.report_page import SECTIONS
-from trainables.config import ConfigError
+from trainables.errors import ConfigError
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                   "--disable-background-networking", "--disable-component-update"]  # no calls out of a closed network
@@ -39,7 +39,7 @@ def photograph(server: str, tracking, children: list[str], heatmap: str | None, 
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
-    run_url = f"{server}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
+    run_url = tracking.run_url(server)
     seen = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)

@@ -15,20 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from trainables.config import ConfigError, Method, RunSettings, apply_overrides, one_line, parse_config, read_yaml
+from trainables.config import RunSettings, parse_config
+from trainables.errors import ConfigError
+from trainables.methods import Method
+from trainables.metrics import Metric
+from trainables.schema import Strict, apply_overrides, read_yaml, validated
+from trainables.task_kinds import reported_metrics
+from trainables.task_kinds import check_offline as check_run_offline
 
 LOGIN_IN_URI = ("holds a login (user:password@): URIs are recorded and printed, so put the login in "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
-METRICS = {"val_accuracy": "max", "val_macro_f1": "max", "val_rougeL": "max", "val_loss": "min"}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Dimension(_Strict):
+class Dimension(Strict):
     """One searched run-config field: a list of ``values`` (grid / categorical), or a ``low``–``high`` range."""
 
     values: list[Any] | None = None
@@ -57,7 +56,7 @@ class Dimension(_Strict):
         return list(self.values) if self.values is not None else [self.low, self.high]
 
 
-class SearchConfig(_Strict):
+class SearchConfig(Strict):
     algorithm: Literal["grid", "tpe", "random"] = "grid"
     space: dict[str, Dimension] = Field(min_length=1)
     num_samples: int | None = Field(None, gt=0)  # tpe / random: trials per method
@@ -76,22 +75,22 @@ class SearchConfig(_Strict):
         return self
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(Strict):
     type: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, gt=0)  # epochs before a trial can be stopped
     reduction_factor: float = Field(2.0, gt=1)
 
 
-class Resources(_Strict):
+class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
 
 
-class Failure(_Strict):
+class Failure(Strict):
     max_retries: int = Field(1, ge=0)
 
 
-class Tracking(_Strict):
+class Tracking(Strict):
     tracking_uri: str | None = None  # default: sqlite:///<study dir>/mlflow.db
     experiment: str | None = None  # default: the study name
 
@@ -103,13 +102,13 @@ class Tracking(_Strict):
         return uri
 
 
-class Rerun(_Strict):
+class Rerun(Strict):
     """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison)."""
 
     seeds: list[int] = Field(min_length=2)
 
 
-class Report(_Strict):
+class Report(Strict):
     heatmaps: list[tuple[str, str]] | None = None  # (x, y) searched fields; default τ × α when both are searched
     grad_norm_layers: list[str] | None = None  # default: embeddings, first, middle, last block, head
 
@@ -122,7 +121,7 @@ class StudySpec(RunSettings):
     methods: list[Method] = Field(min_length=1)
     baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
     seeds: list[int] = Field([0], min_length=1)
-    metric: Literal["val_accuracy", "val_macro_f1", "val_rougeL", "val_loss"] = "val_accuracy"
+    metric: Metric = Metric.VAL_ACCURACY
     search: SearchConfig
     scheduler: SchedulerConfig = SchedulerConfig()
     resources: Resources = Resources()
@@ -141,7 +140,7 @@ class StudySpec(RunSettings):
 
     @property
     def mode(self) -> str:
-        return METRICS[self.metric]
+        return self.metric.mode
 
     def base_run(self, method: str) -> dict:
         """The run config (as a dict) every trial of ``method`` starts from."""
@@ -161,6 +160,10 @@ class StudySpec(RunSettings):
 
 def check_runs(spec: StudySpec) -> None:
     """Every run a trial could get must be a valid run config: each method with each searched extreme."""
+    if spec.scheduler.type == "asha" and spec.scheduler.grace_period >= spec.training.epochs:
+        raise ConfigError(f"scheduler.grace_period is {spec.scheduler.grace_period} but a trial has "
+                          f"{spec.training.epochs} epochs, so ASHA could never stop one; lower grace_period below "
+                          "training.epochs, or set scheduler.type: none")
     for method in {*spec.methods, *spec.baselines}:
         parse_config(spec.base_run(method))
     names = list(spec.search.space)
@@ -176,11 +179,20 @@ def check_runs(spec: StudySpec) -> None:
                 raise ConfigError(f"report.heatmaps: {axis} is not a searched field ({', '.join(names)})")
 
 
+def check_offline(spec: StudySpec) -> None:
+    """What `selfd validate` checks beyond the schema, without network or cluster: the metric is one the task
+    reports, and every method's run config names a known task, a packaged or local model, readable local files."""
+    reported = reported_metrics(spec.task)
+    if spec.metric not in reported:
+        raise ConfigError(f"metric: task {spec.task.name} never reports {spec.metric}; it reports "
+                          f"{', '.join(reported)}")
+    for method in {*spec.methods, *spec.baselines}:
+        check_run_offline(parse_config(spec.base_run(method)))
+
+
 def load_spec(path: str | Path, overrides: list[str] = ()) -> StudySpec:
-    data = apply_overrides(read_yaml(path), overrides)
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(one_line(error)) from None
+    """A checked spec: the schema, every run a trial could get (``check_runs``) and ``check_offline``."""
+    spec = validated(StudySpec, apply_overrides(read_yaml(path), overrides))
     check_runs(spec)
+    check_offline(spec)
     return spec

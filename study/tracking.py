@@ -17,7 +17,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -25,8 +25,9 @@ from mlflow.entities import Metric, Param, RunTag
 from ray import tune
 
 from study.spec import LOGIN_IN_URI
-from trainables.config import ConfigError
-from trainables.mlflow_run import BATCH_LIMIT, TRACKING_ERRORS, UNSENT_DIR, find_trial_run, keep_unsent
+from trainables.errors import ConfigError, first_line
+from trainables.mlflow_run import (BATCH_LIMIT, TRACKING_ERRORS, UNSENT_DIR, TrialTracking, find_trial_run,
+                                   keep_unsent)
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,13 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
 
-    def for_trials(self, phase: str, study_dir: Path) -> dict:
-        return {**asdict(self), "phase": phase, "unsent_dir": str(study_dir / UNSENT_DIR)}
+    def for_trials(self, phase: str, study_dir: Path) -> TrialTracking:
+        return TrialTracking(self.tracking_uri, self.experiment_id, self.parent_run_id, phase,
+                             str(study_dir / UNSENT_DIR))
+
+    def run_url(self, server: str) -> str:
+        """The parent run's page in the MLflow UI served at ``server``."""
+        return f"{server.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
 
 
 def tracking_uri(configured: str | None, study_dir: Path) -> str:
@@ -121,7 +127,7 @@ class TrialStatus(tune.Callback):
                 return  # the trial failed before it could create its run
         except TRACKING_ERRORS as error:
             log.warning("MLflow is unreachable (%s); trial %s ended %s, kept in %s",
-                        str(error).splitlines()[0][:200], trial.trial_id, status, self.unsent_dir)
+                        first_line(error), trial.trial_id, status, self.unsent_dir)
         keep_unsent(self.unsent_dir, trial.trial_id, {"end": {"status": status, "tags": tags}})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -153,7 +159,7 @@ def send_unsent(study_dir: Path, tracking: Tracking) -> int:
         try:
             _send(client, tracking, path.stem, records)
         except (*TRACKING_ERRORS, ConfigError) as error:
-            log.warning("trial %s not sent: %s", path.stem, str(error).splitlines()[0][:200])
+            log.warning("trial %s not sent: %s", path.stem, first_line(error))
             left += 1
             continue
         path.unlink()

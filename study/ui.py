@@ -17,13 +17,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
-from trainables.config import ConfigError
+from study import net
+from trainables.errors import ConfigError
 
 CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 AUTH_DB = "mlflow-auth.db"
@@ -96,7 +94,7 @@ def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int
         previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else f"http://{host}:{port}"
-            wait_until_healthy(local, server)
+            net.wait_until_healthy(local, server)
             yield server
         finally:
             if server.poll() is None:
@@ -110,18 +108,3 @@ def serve(study_dir: Path, tracking_uri: str, host: str = "127.0.0.1", port: int
 
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
-
-
-def wait_until_healthy(url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2).read()
-            return
-        except (urllib.error.URLError, ConnectionError) as error:
-            if server.poll() is not None:
-                raise ConfigError(f"mlflow server exited with code {server.returncode} (is port "
-                                  f"{url.rsplit(':', 1)[-1]} free?)") from None
-            if time.monotonic() > deadline:
-                raise ConfigError(f"mlflow server at {url} not healthy after {timeout:.0f} s: {error}") from None
-            time.sleep(0.5)

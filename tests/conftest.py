@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from study.net import free_port, wait_until_healthy  # noqa: F401 (free_port: for the tests)
 from trainables.config import parse_config
 
 # Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
@@ -35,24 +32,6 @@ def fast_config(method: str = "dynamic", **sections):
     return parse_config(data)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_health(base_url: str, server, timeout: float = 90) -> None:
-    """Poll ``base_url``/health until it answers, failing early if the server process exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"{base_url}/health", timeout=2).read()
-            return
-        except (urllib.error.URLError, ConnectionError):
-            assert time.monotonic() < deadline and server.poll() is None, f"no server at {base_url}"
-            time.sleep(1)
-
-
 def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
                         admin: tuple[str, str] | None = None) -> subprocess.Popen:
     """A real `mlflow server` on a sqlite store in ``folder``, started with the container's entrypoint script;
@@ -66,7 +45,7 @@ def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
               else {"MLFLOW_AUTH": "off"})}
     server = subprocess.Popen([str(root / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_health(f"http://127.0.0.1:{port}", server)
+    wait_until_healthy(f"http://127.0.0.1:{port}", server, timeout=90)
     return server
 
 

@@ -10,20 +10,21 @@ import pytest
 import torch
 
 from conftest import fast_config
-from trainables import loop, losses
+from trainables import classification, losses
+from trainables.recipe import fine_tune
 
 
 def run_recorded(monkeypatch, config):
     steps = []  # per training forward: {"ids", "logits", "kd": (student, teacher) or None}
     last_ids = {}
 
-    collate = loop._collate
+    collate = classification._collate
 
     def spy_collate(rows, ids, **kwargs):
         last_ids["ids"] = ids.clone()
         return collate(rows, ids, **kwargs)
 
-    load_classifier = loop.load_classifier
+    load_classifier = classification.load_classifier
 
     def spy_load_classifier(*args, **kwargs):
         model = load_classifier(*args, **kwargs)
@@ -41,10 +42,10 @@ def run_recorded(monkeypatch, config):
         steps[-1]["kd"] = (student.detach().clone(), teacher)
         return kd_term(student, teacher, tau, mask)
 
-    monkeypatch.setattr(loop, "_collate", spy_collate)
-    monkeypatch.setattr(loop, "load_classifier", spy_load_classifier)
+    monkeypatch.setattr(classification, "_collate", spy_collate)
+    monkeypatch.setattr(classification, "load_classifier", spy_load_classifier)
     monkeypatch.setattr(losses, "kd_term", spy_kd_term)
-    summary = loop.fine_tune(config)
+    summary = fine_tune(config)
     assert len(steps) == summary["steps"]
     return steps, summary
 

@@ -10,7 +10,7 @@ import yaml
 
 from conftest import FAST
 from study.cli import main
-from trainables import loop
+from trainables import classification
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for a bad config")
 
-    monkeypatch.setattr(loop, "load_classifier", refuse)
+    monkeypatch.setattr(classification, "load_classifier", refuse)
 
 
 def write_config(tmp_path, data):

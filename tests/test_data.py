@@ -10,9 +10,10 @@ import time
 import pytest
 
 from conftest import RecordingReporter, fast_config
-from trainables.cache import AssetError, cache_root
-from trainables.config import ConfigError, TaskConfig
-from trainables.loop import fine_tune
+from trainables.cache import cache_root
+from trainables.config import TaskConfig
+from trainables.errors import AssetError, ConfigError
+from trainables.recipe import fine_tune
 from trainables.models import load_tokenizer, resolve_model
 from trainables.tasks import load_task, tokenized_task
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import RecordingReporter, fast_config
-from trainables.loop import fine_tune, has_native_bf16, mixed_precision
+from trainables.devices import has_native_bf16, mixed_precision
+from trainables.recipe import fine_tune
 
 
 @pytest.mark.parametrize("method, precision, attention", [("vanilla", "fp32", None), ("dynamic", "auto", "eager")])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.config import ConfigError, TaskConfig
+from trainables.config import TaskConfig
+from trainables.errors import ConfigError
 from trainables.generation_tasks import load_generation_task, score_generations, tokenized_generation_task
 from trainables.models import load_tokenizer, resolve_model
 

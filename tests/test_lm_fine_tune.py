@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from conftest import RecordingReporter
 from trainables.config import parse_config
-from trainables.loop import fine_tune
+from trainables.recipe import fine_tune
 
 
 @pytest.mark.parametrize("storage", ["topk", "full"])

@@ -1,6 +1,7 @@
 """Studies end to end on a real local Ray instance with a real MLflow sqlite store."""
 
 import json
+import re
 import struct
 
 import pytest
@@ -10,7 +11,7 @@ from mlflow import MlflowClient
 from ray.tune import ExperimentAnalysis
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from conftest import free_port, wait_for_health
+from conftest import free_port, wait_until_healthy
 from study.cli import main
 
 TINY = {
@@ -149,7 +150,7 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
         # printed once the server is healthy; the server's own lines may come first
         url_line = next((line for line in server.stdout if line.startswith("MLflow UI for")), "")
         assert f"{base}/#/experiments/{info['experiment_id']}/runs/{info['parent_run_id']}" in url_line
-        wait_for_health(base, server)
+        wait_until_healthy(base, server)
         run = json.loads(urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={info['parent_run_id']}").read())
         assert run["run"]["info"]["run_name"].startswith("tiny ")
         listing = json.loads(urllib.request.urlopen(
@@ -177,6 +178,11 @@ def test_best_settings_rerun_over_seeds_with_a_paired_comparison(local_ray, tmp_
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "| dynamic |" in summary and "| static |" in summary
     assert "Paired over seeds [0, 1]: dynamic − static = " in summary
+    # the comparison names the setting each method was re-run at (it was read from an object without phases)
+    page = (study_dir / "report" / "index.html").read_text()
+    for method in ("dynamic", "static"):
+        row = re.search(rf"<tr[^>]*><td>{method}</td><td>best setting re-run</td><td>([^<]*)</td>", page)
+        assert row and re.fullmatch(r"α=(0\.5|1)", row.group(1)), (method, row and row.group(1))
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path):

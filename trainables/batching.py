@@ -9,7 +9,6 @@ DLB"). Step 1 revisits nothing, and the teachers carry across epoch boundaries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,14 +20,6 @@ def fresh_batches(num_samples: int, size: int, generator: torch.Generator) -> li
     return list(torch.randperm(num_samples, generator=generator).split(size))
 
 
-@dataclass(frozen=True)
-class Teachers:
-    """The samples the next step revisits and the logits they got in this step (detached)."""
-
-    ids: Tensor
-    logits: Tensor
-
-
 def revisited(num_ids: int, num_fresh: int, size: int, reuse: Literal["previous", "random"],
               generator: torch.Generator) -> Tensor:
     """Positions in this step's batch (revisited first, then ``num_fresh`` fresh) that the next step revisits."""
@@ -36,9 +27,3 @@ def revisited(num_ids: int, num_fresh: int, size: int, reuse: Literal["previous"
         return torch.arange(num_ids - num_fresh, num_ids)
     return torch.randperm(num_ids, generator=generator)[:size]
 
-
-def next_teachers(ids: Tensor, logits: Tensor, num_fresh: int, size: int,
-                  reuse: Literal["previous", "random"], generator: torch.Generator) -> Teachers:
-    """Choose what the next step revisits from this step's ``ids``, with the logits they got."""
-    keep = revisited(len(ids), num_fresh, size, reuse, generator)
-    return Teachers(ids[keep], logits.detach()[keep.to(logits.device)])

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-
-class AssetError(RuntimeError):
-    """A model or data set cannot be had (unknown, offline, or a registry download failed)."""
+from trainables.errors import AssetError
 
 
 def cache_root() -> Path:

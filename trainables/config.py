@@ -9,24 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainables.losses import RULES
-
-Method = Literal["vanilla", "vanilla_repeat", "static", "dynamic", "warmup_static"]
-PLAIN_BATCH_METHODS = {"vanilla"}  # every other method trains on DLB batches (previous samples + fresh ones)
-
-
-class ConfigError(ValueError):
-    """Bad input from the user: reported as one line, exit code 2."""
+from trainables.methods import METHODS, Method
+from trainables.schema import Strict, apply_overrides, read_yaml, validated, with_values
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     """Low-rank adapters (peft) on the decoder's attention and MLP projections; the base weights stay frozen."""
 
     r: int = Field(8, gt=0)
@@ -35,7 +25,7 @@ class LoraConfig(_Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: str = "minilm-l6"
     num_layers: int | None = Field(None, gt=0)
     num_labels: int | None = Field(None, gt=1)
@@ -43,13 +33,13 @@ class ModelConfig(_Strict):
     lora: LoraConfig | None = None  # decoder-only models: train adapters instead of every weight
 
 
-class Columns(_Strict):
+class Columns(Strict):
     text: str
     text_pair: str | None = None
     label: str = "label"
 
 
-class TaskConfig(_Strict):
+class TaskConfig(Strict):
     name: str = "epistemic_reasoning"
     files: str | dict[Literal["train", "validation"], str] | None = None
     hub: str | None = None
@@ -74,7 +64,7 @@ class TaskConfig(_Strict):
         return self
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     epochs: int = Field(3, gt=0)
     batch_size: int = Field(16, gt=1)
     learning_rate: float = Field(5e-5, gt=0)
@@ -90,7 +80,7 @@ class TrainingConfig(_Strict):
     cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on
 
 
-class DistillConfig(_Strict):
+class DistillConfig(Strict):
     alpha: float = Field(1.0, ge=0)
     tau: float = Field(2.0, gt=0)
     reuse: Literal["previous", "random"] = "previous"
@@ -108,7 +98,7 @@ class DistillConfig(_Strict):
         return rule
 
 
-class RunSettings(_Strict):
+class RunSettings(Strict):
     """What a run trains on and how: shared by a run config and a study spec (whose trials vary it)."""
 
     model: ModelConfig = ModelConfig()
@@ -123,11 +113,11 @@ class RunSettings(_Strict):
 
 
 class RunConfig(RunSettings):
-    method: Method = "dynamic"
+    method: Method = Method.DYNAMIC
 
     @model_validator(mode="after")
     def _batch_splits_in_halves(self) -> RunConfig:
-        if self.method not in PLAIN_BATCH_METHODS and self.training.batch_size % 2:
+        if METHODS[self.method].dlb_batches and self.training.batch_size % 2:
             raise ValueError(
                 f"method {self.method} reuses half of each batch, so training.batch_size must be even "
                 f"(got {self.training.batch_size})"
@@ -137,92 +127,8 @@ class RunConfig(RunSettings):
 
 def parse_config(data: dict, overrides: list[str] = (), values: dict | None = None) -> RunConfig:
     """A checked RunConfig from ``data`` with ``--override`` strings and then dotted-path ``values`` applied."""
-    data = with_values(apply_overrides(data, overrides), values or {})
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(one_line(error)) from None
+    return validated(RunConfig, with_values(apply_overrides(data, overrides), values or {}))
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return parse_config(read_yaml(path), overrides)
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory; name a YAML file in it")
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return data
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """``a.b=value`` sets ``data['a']['b']``; the value is read as YAML (numbers, booleans, lists)."""
-    values = {}
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"override {override!r} is not of the form key.path=value")
-        try:
-            values[key] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
-    return with_values(data, values)
-
-
-def with_values(data: dict, values: dict) -> dict:
-    """A copy of ``data`` with each dotted path in ``values`` set (``{"distill.tau": 3}``).
-
-    Keys that themselves hold dots (a study's ``search.space`` names fields like ``distill.tau``) are matched
-    whole where they exist: ``search.space.distill.tau.values`` reaches ``space["distill.tau"]["values"]``.
-    """
-    data = dict(data)
-    for key, value in values.items():
-        parts, node = key.split("."), data
-        while True:
-            take = next((j for j in range(len(parts), 1, -1) if ".".join(parts[:j]) in node), 1)
-            name, parts = ".".join(parts[:take]), parts[take:]
-            if not parts:
-                node[name] = value
-                break
-            child = node.get(name)
-            if isinstance(child, str) and name in ("model", "task"):
-                child = {"name": child}  # `task: rte` then `task.max_length=64`
-            if child is not None and not isinstance(child, dict):
-                raise ConfigError(f"{key}: {name} is not a mapping")
-            node[name] = dict(child or {})
-            node = node[name]
-    return data
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """Nested mappings as one level of dotted keys (``{"distill": {"tau": 2}}`` → ``{"distill.tau": 2}``)."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def one_line(error: ValidationError) -> str:
-    """The first problem pydantic found, as ``field.path: message``."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    more = len(error.errors()) - 1
-    return f"{where}: {message}" + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")

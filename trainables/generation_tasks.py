@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.cache import cached_entry, content_hash
-from trainables.config import ConfigError, TaskConfig
+from trainables.config import TaskConfig
+from trainables.errors import ConfigError
 from trainables.tasks import BIGBENCH, bigbench_task_json, prepared_splits
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
-from trainables.cache import AssetError
+from trainables.errors import AssetError
 
 
 def require_hub_asset(repo_id: str, *, repo_type: str, alternatives: str) -> None:

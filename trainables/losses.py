@@ -78,3 +78,8 @@ def dynsdpb(teacher_logits, labels, step, total_steps, alpha, tau):
 
 RULES = {"dynsdpb": dynsdpb}
 """Dynamic rules, selectable with ``distill.rule`` for the ``dynamic`` method."""
+
+
+def extremes(name: str, values: Tensor) -> dict[str, Tensor]:
+    """``{name}_mean``, ``{name}_min``, ``{name}_max`` of per-sample values (the logged α and τ statistics)."""
+    return {f"{name}_mean": values.mean(), f"{name}_min": values.min(), f"{name}_max": values.max()}

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -25,12 +26,27 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from trainables.errors import first_line
+
 TRIAL_ID_TAG = "selfd.trial_id"
 BATCH_LIMIT = 1000
 UNSENT_DIR = "mlflow-unsent"
 # what a failing tracking store raises (after the client's own retries)
 TRACKING_ERRORS = (MlflowException, requests.RequestException, OSError)
+PHASE_TAG, METHOD_TAG = "selfd.phase", "selfd.method"
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialTracking:
+    """Where a trial records itself: the study's store, experiment and parent run, the phase it belongs to (its
+    name, as ``study.state.Phase`` writes it), and the folder for records MLflow could not take."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    phase: str
+    unsent_dir: str
 
 
 def bounded_retries() -> None:
@@ -108,5 +124,5 @@ class TrialRun:
         if self.unsent_dir is None:
             raise error
         log.warning("MLflow is unreachable (%s); trial %s keeps its records in %s",
-                    str(error).splitlines()[0][:200], self.trial_id, self.unsent_dir)
+                    first_line(error), self.trial_id, self.unsent_dir)
         self.client = None

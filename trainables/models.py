@@ -9,7 +9,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.cache import AssetError, cached_entry, registry_download
+from trainables.cache import cached_entry, registry_download
+from trainables.errors import AssetError
 from trainables.hub import require_hub_asset
 
 

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.cache import AssetError, cached_entry, content_hash, registry_download
-from trainables.config import ConfigError, TaskConfig
+from trainables.cache import cached_entry, content_hash, registry_download
+from trainables.config import TaskConfig
+from trainables.errors import AssetError, ConfigError
 from trainables.hub import require_hub_asset
 
 BIGBENCH = ("bigbench", "1.0.0")

@@ -64,6 +64,11 @@ def token_kd(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor | Non
     gives 0.
     """
     mask = teachers.mask if mask is None else mask
+    return per_sample(teachers.alpha * token_kl(student_logits, teachers, mask), mask)
+
+
+def token_kl(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor) -> Tensor:
+    """τ_t² · KL(teacher_t ‖ student_t) per target token, 0 outside ``mask``; ``(N, T)``."""
     tau = teachers.tau.unsqueeze(-1)
     student = student_logits.float() / tau
     if teachers.ids is None:
@@ -76,7 +81,11 @@ def token_kd(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor | Non
         log_teacher = F.log_softmax(teacher_buckets, dim=-1)
         log_student = F.log_softmax(torch.cat([kept, student_rest.unsqueeze(-1)], dim=-1), dim=-1)
     kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(-1)
-    per_token = teachers.alpha * teachers.tau**2 * kl * mask
+    return teachers.tau**2 * kl * mask
+
+
+def per_sample(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Each sample's mean over its ``mask``ed tokens; 0 for a sample without any."""
     return per_token.sum(-1) / mask.sum(-1).clamp(min=1)
 
 

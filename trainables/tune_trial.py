@@ -15,9 +15,10 @@ from contextlib import nullcontext
 import ray
 from ray import tune
 
-from trainables.config import flatten, parse_config
-from trainables.loop import Reporter, fine_tune
-from trainables.mlflow_run import TrialRun, bounded_retries
+from trainables.config import parse_config
+from trainables.mlflow_run import METHOD_TAG, PHASE_TAG, TrialRun, TrialTracking, bounded_retries
+from trainables.recipe import FineTuneRecipe, Reporter
+from trainables.schema import flatten
 
 
 class TuneReporter(Reporter):
@@ -37,7 +38,7 @@ class TuneReporter(Reporter):
             tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> None:
+def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: TrialTracking) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer threads beside the trial's own
     bounded_retries()
     values = dict(config)
@@ -46,15 +47,17 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: dict) -> No
     run_config = parse_config(base_runs[method], values={**values, "training.cpus": max(1, round(cpus))})
 
     context = tune.get_context()
-    params = flatten(run_config.model_dump())
-    run = TrialRun(tracking["tracking_uri"], tracking["experiment_id"], tracking["parent_run_id"],
+    params = flatten(run_config.model_dump(mode="json"))
+    run = TrialRun(tracking.tracking_uri, tracking.experiment_id, tracking.parent_run_id,
                    context.get_trial_id(), context.get_trial_name(), params,
-                   tags={"selfd.phase": tracking["phase"], "selfd.method": method,
+                   tags={PHASE_TAG: tracking.phase, METHOD_TAG: method,
                          "selfd.node_id": ray.get_runtime_context().get_node_id()},
-                   unsent_dir=tracking["unsent_dir"])
+                   unsent_dir=tracking.unsent_dir)
     checkpoint = tune.get_checkpoint()  # set when the trial is retried or the study resumed
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
-            fine_tune(run_config, TuneReporter(run), resume_from=folder)
+            recipe = FineTuneRecipe(run_config)
+            recipe.setup(resume_from=folder)
+            recipe.train(TuneReporter(run))
     finally:
         run.flush()

@@ -1,0 +1,99 @@
+"""A study's state on disk (``<study dir>/study.json``): where it is recorded, the phases that have ended, and
+whether it has finished. Phase names are made and read here only.
+
+Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase name>``:
+``baselines``; ``search-<method>`` per searched method; ``rerun-<method>`` per re-run best setting.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from study.tracking import Tracking
+from trainables.errors import ConfigError
+from trainables.methods import Method
+
+STUDY_FILE = "study.json"
+
+
+class PhaseKind(StrEnum):
+    BASELINES = "baselines"  # each baseline method once per seed, base settings
+    SEARCH = "search"  # a method's search over the space
+    RERUN = "rerun"  # a method's best setting again over the re-run seeds
+
+
+@dataclass(frozen=True)
+class Phase:
+    kind: PhaseKind
+    method: Method | None = None  # None for the baselines
+
+    @property
+    def name(self) -> str:
+        return str(self.kind) if self.method is None else f"{self.kind}-{self.method}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def parse(cls, name: str) -> Phase:
+        kind, _, method = name.partition("-")
+        return cls(PhaseKind(kind), Method(method) if method else None)
+
+
+BASELINES = Phase(PhaseKind.BASELINES)
+
+
+def search(method: str) -> Phase:
+    return Phase(PhaseKind.SEARCH, Method(method))
+
+
+def rerun(method: str) -> Phase:
+    return Phase(PhaseKind.RERUN, Method(method))
+
+
+@dataclass(frozen=True)
+class PhaseRecord:
+    """How an ended phase went: its failed trials and, for a search, the searched values it found best."""
+
+    failed: int
+    best: dict | None = None
+
+
+@dataclass(frozen=True)
+class StudyState:
+    name: str
+    tracking: Tracking
+    phases: dict[str, PhaseRecord] = field(default_factory=dict)  # ended phases by name, in order
+    finished: bool = False
+    resumed: int = 0
+
+    def ended(self, phase: Phase) -> PhaseRecord | None:
+        return self.phases.get(phase.name)
+
+    def with_phase(self, phase: Phase, record: PhaseRecord) -> StudyState:
+        return replace(self, phases={**self.phases, phase.name: record})
+
+    @property
+    def failed_trials(self) -> int:
+        return sum(record.failed for record in self.phases.values())
+
+    def write(self, study_dir: Path) -> None:
+        data = {"name": self.name, **asdict(self.tracking), "finished": self.finished, "resumed": self.resumed,
+                "phases": {name: asdict(record) for name, record in self.phases.items()}}
+        path = Path(study_dir) / STUDY_FILE
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(data, indent=2))
+        partial.replace(path)  # atomic: a kill mid-write leaves the previous state
+
+    @classmethod
+    def read(cls, study_dir: Path) -> StudyState:
+        path = Path(study_dir) / STUDY_FILE
+        if not path.is_file():
+            raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
+        data = json.loads(path.read_text())
+        return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
+                   {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
+                   bool(data.get("finished")), int(data.get("resumed", 0)))

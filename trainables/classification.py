@@ -1,0 +1,135 @@
+"""The sequence-classification objective: what the recipe (``trainables/recipe.py``) needs from an encoder
+classifier on a classification task.
+
+- batches: the samples' token columns, right-padded; one label per sample;
+- loss: mean CE over the batch + mean over revisited samples of α_i · τ_i² · KL(teacher_i ‖ student_i), with
+  (α_i, τ_i) from the method's rule applied to the teacher logits when they are used;
+- teachers: the logits each revisited sample got in the previous step's forward pass, detached;
+- evaluation: validation loss, accuracy and macro-F1 (the first chooses a run's best evaluation).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from trainables import losses
+from trainables.errors import ConfigError
+from trainables.metrics import Metric
+from trainables.models import load_classifier, load_tokenizer, resolve_model
+from trainables.tasks import load_task, tokenized_task
+
+
+@dataclass(frozen=True)
+class LogitTeachers:
+    """The logits the revisited samples got in the previous step (detached), one row per sample."""
+
+    logits: Tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step's forward pass: the loss, what is logged, and what the next step's teachers are cut from."""
+
+    loss: Tensor
+    values: dict[str, Tensor]
+    logits: Tensor
+
+
+class ClassificationObjective:
+    scores = (Metric.VAL_ACCURACY, Metric.VAL_MACRO_F1)
+    teachers_type = LogitTeachers
+
+    def __init__(self, config, device: torch.device, autocast, rule) -> None:
+        """Load and tokenize the task (checked before the model is loaded: bad input fails in seconds)."""
+        self.config, self.device, self.autocast, self.rule = config, device, autocast, rule
+        self.task = load_task(config.task)
+        if config.model.num_labels and config.model.num_labels != len(self.task.label_names):
+            raise ConfigError(f"model.num_labels is {config.model.num_labels} but task {self.task.name} has "
+                              f"{len(self.task.label_names)} labels ({', '.join(self.task.label_names)})")
+        self.model_path = resolve_model(config.model.name)
+        self.tokenizer = load_tokenizer(self.model_path)
+        train, validation = tokenized_task(self.task, self.tokenizer, config.model.name, config.task.max_length)
+        self.train_rows, self.validation_rows = _as_tensors(train), _as_tensors(validation)
+        self.collate = functools.partial(_collate, pad_token_id=self.tokenizer.pad_token_id, device=device)
+        self.train_size, self.validation_size = len(self.train_rows["labels"]), len(self.validation_rows["labels"])
+
+    def load_model(self):
+        model = self.config.model
+        return load_classifier(self.model_path, self.task.label_names, self.tokenizer.pad_token_id,
+                               model.num_layers, model.attn_implementation)
+
+    def forward(self, model, ids: Tensor, teachers: LogitTeachers | None, step: int, total_steps: int) -> Step:
+        """The loss of the samples ``ids``; the first ``len(teachers.logits)`` of them are the revisited ones."""
+        batch = self.collate(self.train_rows, ids)
+        labels = batch.pop("labels")
+        with self.autocast():
+            logits = model(**batch).logits
+        ce = F.cross_entropy(logits.float(), labels)
+        loss, values = ce, {"ce": ce}
+        if teachers is not None:
+            revisited = len(teachers.logits)
+            distill = self.config.distill
+            alpha, tau = self.rule(teachers.logits, labels[:revisited], step, total_steps, distill.alpha, distill.tau)
+            kd = losses.kd_term(logits[:revisited], teachers.logits, tau)
+            loss = ce + (alpha * kd).mean()
+            _, discrimination = losses.teacher_signals(teachers.logits, labels[:revisited])
+            values |= {"kd": kd.mean(), "wrong_teachers": (discrimination <= 0).float().mean(),
+                       **losses.extremes("alpha", alpha), **losses.extremes("tau", tau)}
+        values["loss"] = loss
+        return Step(loss, values, logits)
+
+    def keep(self, step: Step, positions: Tensor, step_number: int, total_steps: int) -> LogitTeachers:
+        """The next step's teachers: the logits of the samples at ``positions`` of this step's batch."""
+        return LogitTeachers(step.logits.detach()[positions.to(step.logits.device)])
+
+    @torch.inference_mode()
+    def evaluate(self, model) -> dict[str, float]:
+        """Validation loss, accuracy and macro-F1. Evaluation never touches the teachers of training."""
+        from sklearn.metrics import f1_score
+
+        model.eval()
+        rows, count = self.validation_rows, self.validation_size
+        predictions, loss_sum = [], 0.0
+        for ids in torch.arange(count).split(self.config.training.eval_batch_size):
+            batch = self.collate(rows, ids)
+            labels = batch.pop("labels")
+            with self.autocast():
+                logits = model(**batch).logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            predictions.append(logits.argmax(-1).cpu())
+        model.train()
+        predicted, truth = torch.cat(predictions), torch.stack(rows["labels"])
+        return {
+            Metric.VAL_LOSS: loss_sum / count,
+            Metric.VAL_ACCURACY: (predicted == truth).float().mean().item(),
+            Metric.VAL_MACRO_F1: float(f1_score(truth, predicted, average="macro")),
+        }
+
+    def summary(self) -> dict:
+        return {"task": self.task.name, "majority_accuracy": self.task.majority_accuracy}
+
+
+def _as_tensors(dataset) -> dict[str, list[Tensor]]:
+    """Token columns as one tensor per sample, so a batch is a list lookup plus padding."""
+    columns = dataset.with_format("torch")[:]
+    return {name: list(values) if isinstance(values, list) else list(values.unbind(0))
+            for name, values in columns.items()}
+
+
+def _collate(rows: dict, ids: Tensor, pad_token_id: int, device: torch.device) -> dict[str, Tensor]:
+    """The samples ``ids``, right-padded to the longest of them, on ``device``."""
+    batch = {}
+    for name, column in rows.items():
+        picked = [column[i] for i in ids.tolist()]
+        if name == "labels":
+            batch[name] = torch.stack(picked)
+        else:
+            pad = pad_token_id if name == "input_ids" else 0
+            batch[name] = pad_sequence(picked, batch_first=True, padding_value=pad)
+    return {name: value.to(device, non_blocking=True) for name, value in batch.items()}

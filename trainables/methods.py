@@ -1,0 +1,40 @@
+"""The training methods and the one table that says how each trains: its batches and its (α, τ) rule.
+
+A rule is a pure function of (teacher logits, labels, step, total steps, α₀, τ₀) → per-sample (α_i, τ_i)
+(``trainables/losses.py``); ``vanilla`` has none: it trains on plain batches, without teachers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from trainables import losses
+
+
+class Method(StrEnum):
+    VANILLA = "vanilla"  # plain batches of B fresh samples, cross-entropy only
+    VANILLA_REPEAT = "vanilla_repeat"  # DLB batches, α = 0: repetition without distillation
+    STATIC = "static"  # DLB / static SelfD: fixed α, τ
+    WARMUP_STATIC = "warmup_static"  # static with α ramped from 0 over distill.warmup_fraction of the steps
+    DYNAMIC = "dynamic"  # DynSDPB: per-sample α_i, τ_i from the teacher (distill.rule)
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a method trains: on DLB batches (B/2 revisited + B/2 fresh) or plain ones, and its rule."""
+
+    dlb_batches: bool
+    rule: Callable[[object], Callable | None]  # DistillConfig → rule (None: no teachers)
+
+
+METHODS: dict[Method, Training] = {
+    Method.VANILLA: Training(False, lambda distill: None),
+    Method.VANILLA_REPEAT: Training(True, lambda distill: losses.no_distillation),
+    Method.STATIC: Training(True, lambda distill: losses.static),
+    Method.WARMUP_STATIC: Training(
+        True, lambda distill: functools.partial(losses.warmup_static, warmup_fraction=distill.warmup_fraction)),
+    Method.DYNAMIC: Training(True, lambda distill: losses.RULES[distill.rule]),
+}

@@ -1,0 +1,36 @@
+"""The validation metrics trials report, the direction each is optimised in, and the names derived from them.
+
+This module owns the score keys: ``Metric.VAL_ACCURACY.best`` is the key of a run's best value
+(``best_val_accuracy``), ``.final`` the key of its last one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Metric(StrEnum):
+    VAL_ACCURACY = "val_accuracy"
+    VAL_MACRO_F1 = "val_macro_f1"
+    VAL_ROUGE_L = "val_rougeL"
+    VAL_LOSS = "val_loss"
+
+    @property
+    def mode(self) -> str:
+        """``max`` or ``min``: the direction a search optimises this metric in."""
+        return "min" if self is Metric.VAL_LOSS else "max"
+
+    @property
+    def best(self) -> str:
+        return f"best_{self.value}"
+
+    @property
+    def final(self) -> str:
+        return f"final_{self.value}"
+
+    def better(self, value: float, than: float) -> bool:
+        return value > than if self.mode == "max" else value < than
+
+    @property
+    def worst(self) -> float:
+        return float("-inf") if self.mode == "max" else float("inf")
