@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
 import sys
 import time
 
+from step_args import step_parser
 from step_overhead import peak_rss_mb, reset_peak_rss
 
 VARIANTS = {"vanilla_repeat": ("vanilla_repeat", "full", 64), "dynamic_full": ("dynamic", "full", 64),
@@ -111,14 +111,7 @@ def storage_and_kl_error(batch_size: int, max_length: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = step_parser(__doc__, VARIANTS, steps=8, warmup=2, batch_size=8, max_length=128).parse_args()
     shape = (args.batch_size, args.max_length)
     if args.child:
         print(json.dumps(measure(args.child, args.steps, args.warmup, *shape)))

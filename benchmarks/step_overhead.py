@@ -14,13 +14,14 @@ follows live memory and is what the memory target is judged on (that run is slow
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from step_args import step_parser
 
 METHODS = ("vanilla", "vanilla_repeat", "static", "dynamic")
 
@@ -75,14 +76,8 @@ def peak_rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print only the JSON result")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser = step_parser(__doc__, METHODS, steps=30, warmup=5, batch_size=16, max_length=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = (args.steps, args.warmup, args.batch_size, args.max_length)
     if args.child:

@@ -117,7 +117,8 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
     seeds = sorted(set(rows.seed))
     reference = {}
     for ref in REFERENCE_METHODS:
-        ref_scores = table[(table.phase == phases.BASELINES.name) & (table.method == ref) & table.seed.isin(seeds)][score]
+        baseline = (table.phase == phases.BASELINES.name) & (table.method == ref) & table.seed.isin(seeds)
+        ref_scores = table[baseline][score]
         if len(ref_scores):
             reference[ref] = {"mean": float(ref_scores.mean()), "std": float(ref_scores.std(ddof=1)) if len(ref_scores) > 1 else 0.0,
                               "n": int(len(ref_scores))}
@@ -161,7 +162,8 @@ def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec,
     panels = []
     for method in REFERENCE_METHODS:
         candidates = table[(table.method == method) & (table.status == "FINISHED")]
-        candidates = candidates.sort_values(["phase", "seed"], key=lambda c: c != phases.BASELINES.name if c.name == "phase" else c)
+        candidates = candidates.sort_values(["phase", "seed"],
+                                            key=lambda c: c != phases.BASELINES.name if c.name == "phase" else c)
         if len(candidates):
             panels.append((method, candidates.iloc[0]))
     if not panels:

@@ -215,7 +215,7 @@ def _searches(spec: StudySpec) -> dict:
     search = spec.search
     searches = {}
     for method in spec.methods:
-        space = {"method": CategoricalDistribution([method])}
+        space = {"method": CategoricalDistribution([str(method)])}  # plain strings in Optuna and Tune
         for name, dimension in search.space.items():
             if dimension.values is not None:
                 space[name] = CategoricalDistribution(dimension.values)
@@ -239,7 +239,8 @@ def _searches(spec: StudySpec) -> dict:
 def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) -> dict:
     from ray import tune
 
-    return {"method": tune.grid_search(methods), "training.seed": tune.grid_search(seeds), **(setting or {})}
+    return {"method": tune.grid_search([str(m) for m in methods]), "training.seed": tune.grid_search(seeds),
+            **(setting or {})}
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, param_space: dict,

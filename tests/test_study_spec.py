@@ -47,6 +47,19 @@ BAD = {
     "tpe without samples": (spec_with(search__algorithm="tpe"), "tpe needs num_samples"),
     "no methods": (spec_with(methods=[]), "methods: List should have at least 1 item"),
     "odd batch": (spec_with(training__batch_size=7), "training.batch_size must be even"),
+    # each of these got past `selfd validate`, and the metric one past Ray's start and the first trial
+    "metric the task never reports": (spec_with(metric="val_rougeL"),
+                                      "metric: task epistemic_reasoning never reports val_rougeL"),
+    "unknown task": (spec_with(task__name="no_such_task"), "unknown task 'no_such_task'"),
+    "unknown model alias": (spec_with(model__name="minilm-l12"), "unknown model 'minilm-l12'"),
+    "local model folder without config": (spec_with(model__name=str(Path(__file__).parent / "data")),
+                                          "tests/data has no config.json"),
+    "missing local data file": (spec_with(task__files="no-such.jsonl", task__columns={"text": "premise"}),
+                                "task.files.train: no such file no-such.jsonl"),
+    "asha that cannot stop a trial": (spec_with(scheduler={"type": "asha", "grace_period": 2}),
+                                      "so ASHA could never stop one"),
+    "lora on a classifier": (spec_with(model__lora={"r": 4}), "model.lora applies to decoder-only models"),
+    "wrong label count": (spec_with(model__num_labels=3), "model.num_labels is 3 but task epistemic_reasoning has 2"),
 }
 
 

@@ -109,7 +109,8 @@ class CausalLMObjective:
             left = torch.stack([F.pad(p, (longest - len(p), 0), value=pad) for p in prompts])
             left_attention = torch.stack([F.pad(torch.ones_like(p), (longest - len(p), 0)) for p in prompts])
             with self.autocast():
-                generated = model.generate(input_ids=left.to(self.device), attention_mask=left_attention.to(self.device),
+                generated = model.generate(input_ids=left.to(self.device),
+                                           attention_mask=left_attention.to(self.device),
                                            max_new_tokens=self.config.task.max_target_length, do_sample=False,
                                            pad_token_id=pad)
             predictions += self.tokenizer.batch_decode(generated[:, longest:], skip_special_tokens=True)

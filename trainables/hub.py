@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub import HfApi, constants, try_to_load_from_cache
 from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
-from trainables.errors import AssetError
+from trainables.errors import AssetError, first_line
 
 
 def require_hub_asset(repo_id: str, *, repo_type: str, alternatives: str) -> None:
@@ -25,7 +25,7 @@ def require_hub_asset(repo_id: str, *, repo_type: str, alternatives: str) -> Non
     except GatedRepoError:
         raise AssetError(f"hub {what} '{repo_id}' is gated: accept its terms and set HF_TOKEN; {alternatives}") from None
     except Exception as error:  # DNS failure, refused connection, timeout, proxy …
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise AssetError(
-            f"hub {what} '{repo_id}' is not cached and the hub cannot be reached ({reason}); {alternatives}"
+            f"hub {what} '{repo_id}' is not cached and the hub cannot be reached ({first_line(error, 1000)}); "
+            f"{alternatives}"
         ) from None

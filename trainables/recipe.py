@@ -85,8 +85,8 @@ class FineTuneRecipe:
                                            lr=training.learning_rate, fused=True)
         from transformers import get_linear_schedule_with_warmup
 
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(training.warmup_ratio * self.total_steps),
-                                                         self.total_steps)
+        warmup_steps = round(training.warmup_ratio * self.total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup_steps, self.total_steps)
         self.generator = torch.Generator().manual_seed(training.seed)
         self.score = self.objective.scores[0]  # chooses the run's best evaluation
         self.step, self.epoch, self.teacher_ids, self.teachers = 0, 0, None, None
