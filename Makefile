@@ -47,7 +47,8 @@ demo: install
 	$(BIN)/selfd run search_spaces/fig3_boolq_cpu.yaml | tee -a studies/demo.log
 	$(BIN)/selfd ui studies/fig3_rte_cpu --screenshots | tee -a studies/demo.log
 	$(BIN)/selfd ui studies/fig3_boolq_cpu --screenshots | tee -a studies/demo.log
-	@echo; echo "Where to look:"; grep -E '^(heatmap|report|MLflow|screenshot):' studies/demo.log
+	@echo; echo "Verdicts (test scores, paired over seeds, 95 % CI) and where to look:"
+	@grep -E '^(verdict|report|MLflow|screenshot):' studies/demo.log
 
 bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json

@@ -74,7 +74,7 @@ def storage_and_kl_error(batch_size: int, max_length: int) -> dict:
     config = base_config("dynamic", "full", 64, batch_size, max_length, batch_size // 2)
     path = resolve_model("smollm2-135m")
     tokenizer = load_tokenizer(path)
-    train, _ = tokenized_generation_task(load_generation_task(config.task), tokenizer, "smollm2-135m", max_length,
+    train, *_ = tokenized_generation_task(load_generation_task(config.task), tokenizer, "smollm2-135m", max_length,
                                          config.task.max_target_length)
     inputs = pad_sequence([torch.tensor(r) for r in train["input_ids"]], batch_first=True,
                           padding_value=tokenizer.pad_token_id)

@@ -127,11 +127,9 @@ def _validate(args) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, args.override)
-    trials = spec.grid_size() * len(spec.methods) if spec.search.algorithm == "grid" else \
-        spec.search.num_samples * len(spec.methods)
-    print(f"{args.spec}: valid study '{spec.name}': {trials} search trials "
-          f"({spec.search.algorithm}, {', '.join(spec.methods)}), "
-          f"{len(spec.baselines) * len(spec.seeds)} baseline trials")
+    print(f"{args.spec}: valid study '{spec.name}': {spec.search_trials()} search trials "
+          f"({spec.search.algorithm}, {', '.join(spec.searched)}), "
+          f"{len(spec.fixed_baselines) * len(spec.seeds)} baseline trials")
     return 0
 
 
@@ -238,9 +236,9 @@ def _report(args) -> int:
 def _write_report(study_dir: Path) -> None:
     from study.report import write_report
 
-    folder, headlines = write_report(study_dir)
-    for line in headlines:
-        print(f"heatmap: {line}")
+    folder, verdicts = write_report(study_dir)
+    for line in verdicts:
+        print(f"verdict: {line}")
     print(f"report: {folder}")
 
 
@@ -332,7 +330,8 @@ def _prepare(args) -> int:
         for config in configs:
             progress.set_description(f"task {config.name}")
             task = load_task(config)
-            print(f"task {task.name}: {len(task.train)} train / {len(task.validation)} validation, "
+            print(f"task {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
+                  f"{len(task.test)} test, "
                   f"labels {', '.join(task.label_names)}, fingerprint {task.fingerprint}")
             progress.update()
     return 0

@@ -1,6 +1,9 @@
-"""A study's report, built from its MLflow runs: results table, τ/α heatmaps, gradient-norm traces, DynSDPB α/τ
-traces, parameter importances, the method comparison, a summary and the self-contained page ``index.html``,
-written to ``<study dir>/report`` and logged to the parent run.
+"""A study's report, built from its MLflow runs: the verdicts, the method comparison, results table, τ/α heatmaps,
+parallel coordinates of every trial, gradient-norm traces, DynSDPB α/τ traces, parameter importances, a summary
+and the self-contained page ``index.html``, written to ``<study dir>/report`` and logged to the parent run (the
+verdicts also as its tags and metrics).
+
+Validation chose every configuration (``study.comparison``); the scores compared here are test scores.
 
 Re-running it replaces the files and the parent run's artifacts; it never creates runs.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import statistics
+import time
 from pathlib import Path
 
 import matplotlib
@@ -22,19 +25,21 @@ import yaml  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
-from study.report_page import write_page  # noqa: E402
 from study import state as phases  # noqa: E402
+from study.comparison import label, selections, verdicts  # noqa: E402
+from study.report_page import write_page  # noqa: E402
+from study.verdicts import Scores, Verdict  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from study.state import StudyState  # noqa: E402
 from trainables.mlflow_run import PHASE_TAG  # noqa: E402
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
-FIGURE_FOLDERS = ("heatmaps", "grad_norms", "dynamics", "importance")
+FIGURE_FOLDERS = ("heatmaps", "trials", "grad_norms", "dynamics", "importance")
 DYNAMICS_TRIALS = 6  # α/τ traces drawn, at most: more lines are unreadable
 
 
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
-    """Write ``report/`` and log it to the parent run; returns the folder and one headline per heatmap."""
+    """Write ``report/`` and log it to the parent run; returns the folder and one line per verdict."""
     study_dir = Path(study_dir).resolve()
     state = StudyState.read(study_dir)
     spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
@@ -46,38 +51,45 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
         (out / folder).mkdir(parents=True)
     table.to_csv(out / "results.csv", index=False)
 
+    chosen = selections(table, spec, state)
+    judged = verdicts(chosen, spec)
     heatmaps = [data for method in spec.methods for x, y in spec.heatmap_axes
                 if spec.search.algorithm == "grid" and x != y
-                and (data := heatmap(table, spec, method, x, y, out / "heatmaps"))]
+                and (data := heatmap(table, spec, method, x, y, judged, out / "heatmaps"))]
+    parallel_coordinates(table, spec, out / "trials")
     traces = grad_norm_figure(client, table, spec, out / "grad_norms")
-    dynamics = dynamics_figure(client, table, spec, out / "dynamics")
+    dynamics_figure(client, table, spec, out / "dynamics")
     importance = importance_figure(table, spec, out / "importance")
-    comparison = method_comparison(table, spec, heatmaps, state)
-    (out / "summary.md").write_text(summary(spec, table, heatmaps, traces, importance))
-    write_page(out, spec, table, comparison, [headline(data, spec.mode) for data in heatmaps],
+    comparison = [selection.summary(spec) for selection in chosen]
+    (out / "summary.md").write_text(summary(spec, table, judged, comparison, heatmaps, traces, importance))
+    (out / "verdicts.json").write_text(json.dumps([_verdict_record(v) for v in judged], indent=2))
+    write_page(out, spec, table, comparison, judged, [headline(data) for data in heatmaps],
                client.get_run(state.tracking.parent_run_id))
 
     parent = state.tracking.parent_run_id
-    for name in ("results.csv", "summary.md"):
+    log_verdicts(client, parent, judged)
+    for name in ("results.csv", "summary.md", "verdicts.json"):
         client.log_artifact(parent, str(out / name))
     client.log_artifact(parent, str(out / "index.html"), "report")
     for folder in FIGURE_FOLDERS:
         if any((out / folder).iterdir()):
             client.log_artifacts(parent, str(out / folder), folder)
-    return out, [headline(data, spec.mode) for data in heatmaps]
+    return out, [verdict.text() for verdict in judged]
 
 
 def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:
-    """One row per trial: phase, method, searched values, seed, status, epochs, best and final metric."""
+    """One row per trial: phase, method, searched values, seed, status, evaluations, the best validation score,
+    the test score at that evaluation (what the study compares), the last validation score, and its cost."""
     tracking = state.tracking
     runs = client.search_runs([tracking.experiment_id], max_results=10000,
                               filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{tracking.parent_run_id}'")
+    metric = spec.metric
     rows = []
     for run in runs:
-        history = sorted(client.get_metric_history(run.info.run_id, spec.metric), key=lambda m: m.step)
-        values = [m.value for m in history]
-        best = (max(values) if spec.mode == "max" else min(values)) if values else math.nan
-        params = run.data.params
+        history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+        tests = {m.step: m.value for m in client.get_metric_history(run.info.run_id, metric.test)}
+        best = (max if spec.mode == "max" else min)(history, key=lambda m: m.value) if history else None
+        params, metrics = run.data.params, run.data.metrics
         rows.append({
             "trial": run.info.run_name,
             "phase": run.data.tags.get(PHASE_TAG, ""),
@@ -85,22 +97,28 @@ def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> p
             **{name: _number(params.get(name)) for name in spec.search.space},
             "seed": int(params.get("training.seed", -1)),
             "status": run.info.status,
-            "epochs": len(values),
-            spec.metric.best: best,
-            spec.metric.final: values[-1] if values else math.nan,
-            "seconds": run.data.metrics.get("seconds", math.nan),
+            "epochs": len(history),
+            metric.best: best.value if best else math.nan,
+            metric.test: tests.get(best.step, math.nan) if best else math.nan,  # chosen by validation
+            metric.final: history[-1].value if history else math.nan,
+            **{column: metrics.get(metric_name, math.nan) for column, metric_name in COST_COLUMNS.items()},
             "failure": run.data.tags.get("selfd.failure", ""),
             "run_id": run.info.run_id,
         })
     columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs",
-               spec.metric.best, spec.metric.final, "seconds", "failure", "run_id"]
+               metric.best, metric.test, metric.final, *COST_COLUMNS, "failure", "run_id"]
     return pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
 
 
-def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, folder: Path) -> dict | None:
-    """Mean ± std over seeds of the best metric per (x, y) cell, best cell boxed, references in the title."""
-    score = spec.metric.best
-    rows = table[(table.phase == phases.search(method).name) & table[score].notna()]
+# column: the trial's metric (its last value): optimizer steps, rows trained on, seconds in steps, seconds in all
+COST_COLUMNS = {"steps": "step", "samples": "samples", "train_seconds": "train_seconds", "seconds": "seconds"}
+
+
+def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, judged: list[Verdict],
+            folder: Path) -> dict | None:
+    """Test score (mean ± std over seeds) per (x, y) cell; the cell validation chose boxed; its verdicts in the
+    title."""
+    rows = table[(table.phase == phases.search(method).name) & table[spec.metric.best].notna()]
     if rows.empty:
         return None
     x_values = sorted(spec.search.space[x].values)
@@ -108,30 +126,27 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
     cells = []
     for yv in y_values:
         for xv in x_values:
-            scores = rows[(rows[x] == xv) & (rows[y] == yv)][score].tolist()
-            cells.append({"x": xv, "y": yv, "n": len(scores),
-                          "mean": statistics.mean(scores) if scores else None,
-                          "std": statistics.stdev(scores) if len(scores) > 1 else 0.0 if scores else None})
-    scored = [c for c in cells if c["mean"] is not None]
-    best = (max if spec.mode == "max" else min)(scored, key=lambda c: c["mean"])
+            cell = rows[(rows[x] == xv) & (rows[y] == yv)]
+            validation = cell[spec.metric.best].tolist()
+            test = Scores.of(cell[spec.metric.test].dropna())
+            cells.append({"x": xv, "y": yv, "n": len(validation),
+                          "validation_mean": sum(validation) / len(validation) if validation else None,
+                          "mean": None if test.n == 0 else test.mean, "std": 0.0 if test.n < 2 else test.std,
+                          "low": test.low, "high": test.high})
+    scored = [c for c in cells if c["validation_mean"] is not None]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda c: c["validation_mean"])
     seeds = sorted(set(rows.seed))
-    reference = {}
-    for ref in REFERENCE_METHODS:
-        baseline = (table.phase == phases.BASELINES.name) & (table.method == ref) & table.seed.isin(seeds)
-        ref_scores = table[baseline][score]
-        if len(ref_scores):
-            reference[ref] = {"mean": float(ref_scores.mean()), "std": float(ref_scores.std(ddof=1)) if len(ref_scores) > 1 else 0.0,
-                              "n": int(len(ref_scores))}
+    mine = [v for v in judged if v.subject == method]
 
     means = [[math.nan if c["mean"] is None else c["mean"] for c in cells[i * len(x_values):(i + 1) * len(x_values)]]
              for i in range(len(y_values))]  # cells run over x within each y
-    figure, axes = plt.subplots(figsize=(1.3 * len(x_values) + 3, 1.0 * len(y_values) + 2.2))
+    figure, axes = plt.subplots(figsize=(1.3 * len(x_values) + 3, 1.0 * len(y_values) + 2.4))
     image = axes.imshow(means, cmap="viridis", origin="lower", aspect="auto")
-    figure.colorbar(image, ax=axes, label=f"{spec.metric} (mean over seeds)")
+    figure.colorbar(image, ax=axes, label=f"{spec.metric.test} (mean over seeds)")
     axes.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
     axes.set_yticks(range(len(y_values)), [f"{v:g}" for v in y_values])
-    axes.set_xlabel(_label(x))
-    axes.set_ylabel(_label(y))
+    axes.set_xlabel(label(x))
+    axes.set_ylabel(label(y))
     for cell in cells:
         if cell["mean"] is None:
             continue
@@ -142,19 +157,49 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, f
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
     bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
     axes.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    refs = "; ".join(f"{name}: {r['mean']:.3f} ± {r['std']:.3f}" for name, r in reference.items())
-    axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · seeds {seeds}\n"
-                   f"best {best['mean']:.3f} at {_label(x)}={best['x']:g}, {_label(y)}={best['y']:g}"
-                   + (f"\nreference (same seeds) — {refs}" if refs else ""), fontsize=9)
+    words = "; ".join(f"vs {v.control}: {v.word}" + ("" if v.word == "no verdict" else
+                                                     f" [{v.low:+.3f}, {v.high:+.3f}]") for v in mine)
+    axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · test {spec.metric.test}, seeds {seeds}\n"
+                   f"chosen on validation (boxed): {label(x)}={best['x']:g}, {label(y)}={best['y']:g}"
+                   + (f"\n{words}" if words else ""), fontsize=9)
     figure.tight_layout()
     stem = f"{spec.task.name}_{method}_{x.split('.')[-1]}_{y.split('.')[-1]}"
     figure.savefig(folder / f"{stem}.png", dpi=120)
     plt.close(figure)
-    data = {"task": spec.task.name, "method": method, "model": spec.model.name, "metric": spec.metric,
-            "x": x, "y": y, "x_values": x_values, "y_values": y_values, "seeds": seeds, "cells": cells,
-            "best": best, "reference": reference}
-    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2))
+    data = {"task": spec.task.name, "method": method, "model": spec.model.name, "metric": spec.metric.test,
+            "chosen_on": spec.metric.value, "x": x, "y": y, "x_values": x_values, "y_values": y_values,
+            "seeds": seeds, "cells": cells, "best": best, "verdicts": [_verdict_record(v) for v in mine]}
+    (folder / f"{stem}.json").write_text(json.dumps(data, indent=2, default=float))
     return data
+
+
+def parallel_coordinates(table: pd.DataFrame, spec: StudySpec, folder: Path) -> list[str]:
+    """Every trial as one line across its searched fields to its test score (coloured by it), per method."""
+    rows = table[table[spec.metric.test].notna()]
+    names = [name for name in spec.search.space if pd.api.types.is_numeric_dtype(rows[name])]
+    if rows.empty or not names:
+        return []
+    axes_names = [*names, spec.metric.test]
+    figure, axes = plt.subplots(figsize=(2.2 * len(axes_names) + 2, 4.2))
+    lows, highs = rows[axes_names].min(), rows[axes_names].max()
+    spans = (highs - lows).replace(0, 1)
+    colour = plt.get_cmap("viridis")
+    score = (rows[spec.metric.test] - lows[spec.metric.test]) / spans[spec.metric.test]
+    for (_, row), shade in zip(rows.iterrows(), score):
+        values = [(row[name] - lows[name]) / spans[name] if pd.notna(row[name]) else math.nan for name in axes_names]
+        axes.plot(range(len(axes_names)), values, color=colour(shade), alpha=0.7,
+                  linestyle="-" if row.phase != phases.BASELINES.name else ":")
+    for i, name in enumerate(axes_names):
+        axes.axvline(i, color="#888", linewidth=0.8)
+        axes.text(i, -0.06, f"{lows[name]:.3g}", ha="center", va="top", fontsize=8)
+        axes.text(i, 1.06, f"{highs[name]:.3g}", ha="center", va="bottom", fontsize=8)
+    axes.set_xticks(range(len(axes_names)), [label(n) for n in axes_names])
+    axes.set_yticks([])
+    axes.set_ylim(-0.15, 1.15)
+    axes.set_title(f"{len(rows)} trials: searched fields → {spec.metric.test} at the best validation evaluation "
+                   "(dotted: baselines, which vary none of them)", fontsize=9)
+    return _save(figure, f"Parallel coordinates · {spec.task.name} · {spec.model.name}",
+                 folder / f"{spec.task.name}_parallel_coordinates.png")
 
 
 def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, folder: Path) -> list[str]:
@@ -208,7 +253,7 @@ def dynamics_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, 
             if not history["mean"]:
                 continue
             steps = [m.step for m in history["mean"]]
-            line, = ax.plot(steps, [m.value for m in history["mean"]], label=_trial_label(row, spec))
+            line, = ax.plot(steps, [m.value for m in history["mean"]], label=_triallabel(row, spec))
             if len(history["min"]) == len(steps) == len(history["max"]):
                 ax.fill_between(steps, [m.value for m in history["min"]], [m.value for m in history["max"]],
                                 color=line.get_color(), alpha=0.15, linewidth=0)
@@ -229,50 +274,10 @@ def _save(figure, title: str, path: Path) -> list[str]:
     return [path.name]
 
 
-def _trial_label(row: pd.Series, spec: StudySpec) -> str:
-    searched = ", ".join(f"{_label(n)}₀={row[n]:g}" if n.startswith("distill.") else f"{_label(n)}={row[n]:g}"
+def _triallabel(row: pd.Series, spec: StudySpec) -> str:
+    searched = ", ".join(f"{label(n)}₀={row[n]:g}" if n.startswith("distill.") else f"{label(n)}={row[n]:g}"
                          for n in spec.search.space if isinstance(row.get(n), float) and not math.isnan(row[n]))
     return f"{row.phase} seed {row.seed}" + (f" ({searched})" if searched else "")
-
-
-def method_comparison(table: pd.DataFrame, spec: StudySpec, heatmaps: list[dict], state: StudyState) -> list[dict]:
-    """Each method at its best: baselines at the base settings, searched methods at their best setting (re-run
-    over seeds when the study re-runs it, else the heatmap's best cell, else the best trial); mean ± std over seeds."""
-    score = spec.metric.best
-    scored = table[table[score].notna()]
-    rows = []
-
-    def add(method: str, how: str, setting: str, scores: pd.Series) -> None:
-        rows.append({"method": method, "how": how, "setting": setting, "n": int(len(scores)),
-                     "mean": float(scores.mean()), "std": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0})
-
-    for method, group in scored[scored.phase == phases.BASELINES.name].groupby("method", sort=False):
-        setting = "" if method == "vanilla" else f"α={spec.distill.alpha:g}, τ={spec.distill.tau:g}"
-        add(method, "base settings", setting, group[score])
-    for method in spec.methods:
-        reruns = scored[scored.phase == phases.rerun(method).name]
-        search = state.ended(phases.search(method))
-        best = (search.best if search else None) or {}
-        cell = next((d for d in heatmaps if d["method"] == method), None)
-        if len(reruns):
-            add(method, "best setting re-run", _setting(best), reruns[score])
-        elif cell is not None:
-            best_cell = cell["best"]
-            cell_rows = scored[(scored.phase == phases.search(method).name) & (scored[cell["x"]] == best_cell["x"])
-                               & (scored[cell["y"]] == best_cell["y"])]
-            add(method, "best grid cell", _setting({cell["x"]: best_cell["x"], cell["y"]: best_cell["y"]}),
-                cell_rows[score])
-        else:
-            search = scored[scored.phase == phases.search(method).name]
-            if len(search):
-                top = search.sort_values(score, ascending=spec.mode == "min").iloc[:1]
-                add(method, "best trial", _setting({n: top.iloc[0][n] for n in spec.search.space}), top[score])
-    return rows
-
-
-def _setting(values: dict) -> str:
-    return ", ".join(f"{_label(name)}={value:g}" if isinstance(value, (int, float)) else f"{_label(name)}={value}"
-                     for name, value in values.items())
 
 
 def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dict:
@@ -299,7 +304,7 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
     if importances:
         figure, axes = plt.subplots(1, len(importances), figsize=(5 * len(importances), 3), squeeze=False)
         for ax, (method, values) in zip(axes[0], importances.items()):
-            ax.barh([_label(n) for n in values], list(values.values()))
+            ax.barh([label(n) for n in values], list(values.values()))
             ax.set_xlabel("importance (fANOVA)")
             ax.set_title(method)
         figure.tight_layout()
@@ -309,69 +314,66 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
     return importances
 
 
-def summary(spec: StudySpec, table: pd.DataFrame, heatmaps: list[dict], traces: list[str], importance: dict) -> str:
-    score = spec.metric.best
-    lines = [f"# Study {spec.name}", "", spec.description, "",
-             f"Model `{spec.model.name}`, task `{spec.task.name}`, metric `{spec.metric}` ({spec.mode}), "
-             f"search `{spec.search.algorithm}` over {', '.join(f'`{n}`' for n in spec.search.space)}.", "",
-             "| status | trials |", "|---|---|"]
+def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], comparison: list[dict],
+            heatmaps: list[dict], traces: list[str], importance: dict) -> str:
+    lines = [f"# Study {spec.name}", "", spec.description, "", "## Verdicts", "",
+             f"Paired differences of the test {spec.metric.test} over shared seeds (same seed, same initialisation "
+             "and data order), 95 % t-interval, paired t-test; every configuration was chosen on validation.", ""]
+    lines += [f"- {verdict.text()}" for verdict in judged] or ["- nothing to compare: no two methods ran"]
+    lines += ["", "## Methods compared", "",
+              f"| method | chosen by | setting | optimizer steps | samples | training s | test {spec.metric.test} "
+              "(mean ± std [95 % CI], seeds) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['method']} | {row['how']} | {row['setting'] or '—'} | {row['steps']:.0f} | "
+              f"{row['samples']:.0f} | {row['train_seconds']:.0f} | {row['test'].text(4)} |" for row in comparison]
+    lines += ["", f"Model `{spec.model.name}`, task `{spec.task.name}`, chosen on `{spec.metric}` ({spec.mode}), "
+              f"search `{spec.search.algorithm}` over {', '.join(f'`{n}`' for n in spec.search.space)}.", "",
+              "| status | trials |", "|---|---|"]
     lines += [f"| {status} | {count} |" for status, count in table.status.value_counts().items()]
     for data in heatmaps:
         best = data["best"]
-        lines += ["", f"## {data['task']} · {data['method']}: best cell",
-                  f"{_label(data['x'])}={best['x']:g}, {_label(data['y'])}={best['y']:g}: "
-                  f"{best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds."]
-        for name, ref in data["reference"].items():
-            verdict = "beats" if _beats(best, ref, spec.mode) else "does not beat"
-            lines.append(f"- {name}: {ref['mean']:.4f} ± {ref['std']:.4f} — the best cell {verdict} it.")
-    reruns = table[table.phase.map(lambda name: bool(name) and phases.Phase.parse(name).kind is phases.PhaseKind.RERUN)]
-    if len(reruns):
-        lines += ["", "## Best settings re-run over seeds", "", "| method | mean | std | seeds |", "|---|---|---|---|"]
-        per_method = {m: rows.set_index("seed")[score] for m, rows in reruns.groupby("method")}
-        for method, scores in per_method.items():
-            lines.append(f"| {method} | {scores.mean():.4f} | {scores.std(ddof=1):.4f} | {len(scores)} |")
-        if {"dynamic", "static"} <= set(per_method):
-            lines += ["", paired_comparison(per_method["dynamic"], per_method["static"])]
+        lines += ["", f"## {data['task']} · {data['method']}: the cell validation chose",
+                  f"{label(data['x'])}={best['x']:g}, {label(data['y'])}={best['y']:g}: validation "
+                  f"{best['validation_mean']:.4f}, test {best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds."]
     if traces:
         lines += ["", "Gradient-norm traces: " + ", ".join(f"`grad_norms/{t}`" for t in traces)]
     if importance:
         lines += ["", "## Parameter importance"] + [
-            f"- {method}: " + ", ".join(f"{_label(n)} {v:.2f}" for n, v in values.items())
+            f"- {method}: " + ", ".join(f"{label(n)} {v:.2f}" for n, v in values.items())
             for method, values in importance.items()]
-    lines += ["", "Per-trial results: `results.csv`."]
+    lines += ["", "Per-trial results: `results.csv`; verdicts: `verdicts.json`."]
     return "\n".join(lines) + "\n"
 
 
-def headline(data: dict, mode: str) -> str:
-    """A heatmap in one line: its best cell and whether it beats each reference method."""
+def headline(data: dict) -> str:
+    """A heatmap in one line: the cell validation chose, its test score and its verdicts."""
     best = data["best"]
-    refs = "; ".join(f"{name} {ref['mean']:.3f} ± {ref['std']:.3f} ({'beaten' if _beats(best, ref, mode) else 'not beaten'})"
-                     for name, ref in data["reference"].items())
-    return (f"{data['task']} · {data['method']}: best cell {_label(data['x'])}={best['x']:g}, "
-            f"{_label(data['y'])}={best['y']:g}: {best['mean']:.3f} ± {best['std']:.3f}" + (f"; {refs}" if refs else ""))
+    words = "; ".join(f"vs {v['control']}: {v['word']}" for v in data["verdicts"])
+    return (f"{data['task']} · {data['method']}: chosen on validation {label(data['x'])}={best['x']:g}, "
+            f"{label(data['y'])}={best['y']:g}: test {best['mean']:.3f} ± {best['std']:.3f}"
+            + (f"; {words}" if words else ""))
 
 
-def _beats(cell: dict, reference: dict, mode: str) -> bool:
-    return cell["mean"] > reference["mean"] if mode == "max" else cell["mean"] < reference["mean"]
+def log_verdicts(client: MlflowClient, parent_run_id: str, judged: list[Verdict]) -> None:
+    """Each verdict on the parent run: its word as a tag, its numbers as metrics."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    tags, metrics = [], []
+    for verdict in judged:
+        key = f"{verdict.subject}_vs_{verdict.control}"
+        tags.append(RunTag(f"selfd.verdict.{key}", str(verdict.word)))
+        for name in ("difference", "low", "high", "p_value", "detectable"):
+            value = getattr(verdict, name)
+            if math.isfinite(value):
+                metrics.append(Metric(f"verdict/{key}/{name}", value, now, 0))
+    client.log_batch(parent_run_id, metrics=metrics, tags=tags)
 
 
-def paired_comparison(dynamic: pd.Series, static: pd.Series) -> str:
-    """Dynamic minus static on the seeds both ran: mean difference, wins, and a paired t-test."""
-    from scipy.stats import ttest_rel
-
-    seeds = sorted(set(dynamic.index) & set(static.index))
-    if len(seeds) < 2:
-        return "Paired comparison: fewer than two common seeds."
-    a, b = dynamic[seeds], static[seeds]
-    diff = a - b
-    test = ttest_rel(a, b)
-    p = "n/a (identical scores)" if math.isnan(test.pvalue) else f"{test.pvalue:.3f}"
-    return (f"Paired over seeds {seeds}: dynamic − static = {diff.mean():+.4f} ± {diff.std(ddof=1):.4f}; "
-            f"dynamic wins {(diff > 0).sum()}/{len(seeds)}; paired t-test p = {p}.")
-
-
-def _label(field: str) -> str:
-    return {"distill.tau": "τ", "distill.alpha": "α", "training.learning_rate": "learning rate"}.get(field, field)
+def _verdict_record(verdict: Verdict) -> dict:
+    return {"subject": verdict.subject, "control": verdict.control, "seeds": list(verdict.seeds),
+            "word": str(verdict.word), "difference": verdict.difference, "low": verdict.low, "high": verdict.high,
+            "p_value": verdict.p_value, "detectable": verdict.detectable, "reason": verdict.reason,
+            "text": verdict.text()}
 
 
 def _number(value):

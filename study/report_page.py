@@ -2,7 +2,7 @@
 that reads the same in a browser from disk and in the MLflow UI's artifact view of the parent run.
 
 Its sections, each an ``<section id=...>`` that is always present (with a sentence when it has nothing to
-show): summary, comparison, heatmaps, grad-norms, dynamics, importance, trials, settings.
+show): verdicts, summary, comparison, heatmaps, parallel, grad-norms, dynamics, importance, trials, settings.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 SECTIONS = {
+    "verdicts": "Verdicts",
     "summary": "Summary",
     "comparison": "Methods compared",
     "heatmaps": "τ × α heatmaps",
+    "parallel": "Every trial: parallel coordinates",
     "grad-norms": "Per-layer gradient norms",
     "dynamics": "DynSDPB's α and τ during training",
     "importance": "Parameter importance",
@@ -39,9 +41,11 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }
 """
 
 CAPTIONS = {
-    "heatmaps": "Each cell is the best validation {metric} a trial reached with that setting, mean ± standard "
-                "deviation over the seeds; the red box marks the best cell. The title gives the reference methods "
-                "(run with the base settings) on the same seeds.",
+    "heatmaps": "Each cell is the test {test} of that setting's trials (each at its best validation evaluation), "
+                "mean ± standard deviation over the seeds; the red box marks the cell validation chose (best mean "
+                "validation {metric}), which need not be the best test cell. The title gives its verdicts.",
+    "parallel": "One line per trial from its searched values to its test {test} at its best validation evaluation; "
+                "colour follows the test score, dotted lines are baselines.",
     "grad-norms": "Mean absolute gradient of each layer at every probed optimizer step, for a vanilla trial and "
                   "a DynSDPB trial (log scale; the DynSDPB paper's Figures 2, 4 and 5).",
     "dynamics": "DynSDPB sets α and τ per sample from the teacher's uncertainty and discrimination. Lines: the "
@@ -50,15 +54,18 @@ CAPTIONS = {
 }
 
 
-def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], headlines: list[str],
+def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], judged: list, headlines: list[str],
                parent_run) -> Path:
     """Write ``out/index.html`` from the report's tables and the figures already drawn under ``out``."""
-    score = spec.metric.best
+    names = {"metric": spec.metric, "test": spec.metric.test}
     sections = {
+        "verdicts": _verdicts(judged, spec),
         "summary": _summary(spec, table, headlines, parent_run),
         "comparison": _comparison(comparison, spec),
-        "heatmaps": _figures(out / "heatmaps", CAPTIONS["heatmaps"].format(metric=spec.metric),
+        "heatmaps": _figures(out / "heatmaps", CAPTIONS["heatmaps"].format(**names),
                              "No heatmap: heatmaps are drawn for grid searches over two fields."),
+        "parallel": _figures(out / "trials", CAPTIONS["parallel"].format(**names),
+                             "No trial has a test score and a numeric searched field yet."),
         "grad-norms": _figures(out / "grad_norms", CAPTIONS["grad-norms"],
                                "No gradient norms: the study ran no vanilla or DynSDPB trial, or "
                                "training.grad_norm_every was 0."),
@@ -66,7 +73,7 @@ def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], hea
         "importance": _figures(out / "importance", CAPTIONS["importance"].format(metric=spec.metric),
                                "No importances: they are computed for TPE and random searches over two or more "
                                "fields with at least three finished trials."),
-        "trials": _trials(table, spec, score),
+        "trials": _trials(table, spec),
         "settings": _settings(out.parent / "spec.yaml", parent_run),
     }
     body = "\n".join(f'<section id="{key}">\n<h2>{SECTIONS[key]}</h2>\n{content}\n</section>'
@@ -86,7 +93,9 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
     counts = ", ".join(f"{count} {status.lower()}" for status, count in table.status.value_counts().items())
     facts = [
         ("Model", spec.model.name), ("Task", spec.task.name),
-        ("Metric", f"{spec.metric} ({'higher' if spec.mode == 'max' else 'lower'} is better; best epoch of each trial)"),
+        ("Metric", f"{spec.metric} chooses ({'higher' if spec.mode == 'max' else 'lower'} is better): each trial's "
+                   f"best evaluation, the best setting, ASHA and TPE; {spec.metric.test} at that evaluation is "
+                   "what is compared"),
         ("Methods searched", ", ".join(spec.methods)), ("Baselines", ", ".join(spec.baselines) or "none"),
         ("Search", f"{spec.search.algorithm} over {', '.join(spec.search.space)}"
                    + (f", ASHA (grace {spec.scheduler.grace_period} epoch)" if spec.scheduler.type == "asha" else "")),
@@ -100,22 +109,42 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
     return f"<table>{rows}</table>" + (f"<p>Best cells:</p><ul>{best}</ul>" if best else "")
 
 
+def _verdicts(judged: list, spec) -> str:
+    if not judged:
+        return "<p>Nothing to compare: the study ran no searched method beside a control.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(v.subject)} vs {_e(v.control)}</td><td><b>{_e(v.word)}</b></td>"
+        + ("<td colspan=4>" + _e(v.reason) + "</td>" if v.word == "no verdict" else
+           f'<td class="num">{v.difference:+.4f}</td><td class="num">[{v.low:+.4f}, {v.high:+.4f}]</td>'
+           f'<td class="num">{v.p_value:.3f}</td><td class="num">±{v.detectable:.4f}</td>')
+        + f'<td class="num">{len(v.seeds)}</td></tr>' for v in judged)
+    head = ["comparison", "verdict", "difference", "95 % CI", "p (paired t)", "detectable", "seeds"]
+    return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
+            f'<p class="muted">Difference: mean over shared seeds of the test {_e(spec.metric.test)} of the first '
+            "method minus the second's. The verdict follows the interval: better or worse when it excludes 0, not "
+            "distinguishable when it spans 0, none below 3 seeds. Detectable: the smallest difference these seeds "
+            "could tell from 0 at their observed spread (the interval's half-width): ask for more seeds to see "
+            "smaller ones.</p>")
+
+
 def _comparison(rows: list[dict], spec) -> str:
     if not rows:
         return "<p>No finished trial to compare.</p>"
-    vanilla = next((r for r in rows if r["method"] == "vanilla"), None)
-    best = (max if spec.mode == "max" else min)(rows, key=lambda r: r["mean"])
-    head = ["method", "at", "setting", "seeds", f"{spec.metric} mean ± std"] + (["vs vanilla"] if vanilla else [])
+    head = ["method", "chosen by", "setting", "optimizer steps", "samples", "training s",
+            f"test {spec.metric.test}: mean ± std", "95 % CI", "seeds"]
     lines = []
     for row in rows:
-        cells = [f"<td>{_e(row['method'])}</td>", f"<td>{_e(row['how'])}</td>", f"<td>{_e(row['setting'] or '—')}</td>",
-                 f'<td class="num">{row["n"]}</td>', f'<td class="num">{row["mean"]:.4f} ± {row["std"]:.4f}</td>']
-        if vanilla:
-            cells.append(f'<td class="num">{row["mean"] - vanilla["mean"]:+.4f}</td>')
-        lines.append(f'<tr{" class=best" if row is best else ""}>{"".join(cells)}</tr>')
+        test = row["test"]
+        cells = [row["method"], row["how"], row["setting"] or "—"]
+        numbers = [_number(row["steps"], ".0f"), _number(row["samples"], ".0f"), _number(row["train_seconds"], ".0f"),
+                   f"{_number(test.mean)} ± {_number(test.std)}", f"[{_number(test.low)}, {_number(test.high)}]",
+                   str(test.n)]
+        lines.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells)
+                     + "".join(f'<td class="num">{_e(n)}</td>' for n in numbers) + "</tr>")
     return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(lines)}</table>"
-            "<p class=\"muted\">Scores are each trial's best validation epoch; std is the sample standard deviation "
-            "over seeds (0 with one seed). The highlighted row is the best mean.</p>")
+            "<p class=\"muted\">Each method at the configuration validation chose; scores are test scores of each "
+            "trial at its best validation evaluation; std is over seeds; steps, samples and seconds are means "
+            "over seeds (samples count a revisited sample again).</p>")
 
 
 def _figures(folder: Path, caption: str, empty: str) -> str:
@@ -127,13 +156,18 @@ def _figures(folder: Path, caption: str, empty: str) -> str:
         f"<figcaption>{_e(path.name)}: {_e(caption)}</figcaption></figure>" for path in images)
 
 
-def _trials(table: pd.DataFrame, spec, score: str) -> str:
+def _trials(table: pd.DataFrame, spec) -> str:
     if table.empty:
         return "<p>No trial recorded.</p>"
-    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs", score, "seconds", "failure"]
+    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs", spec.metric.best,
+               spec.metric.test, "seconds", "failure"]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_cell(row[c]) for c in columns) + "</tr>" for _, row in table.iterrows())
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _number(value: float, spec: str = ".4f") -> str:
+    return "—" if math.isnan(value) else format(value, spec)
 
 
 def _cell(value) -> str:

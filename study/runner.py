@@ -112,8 +112,8 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
 
     client = MlflowClient(tracking.tracking_uri)
     try:
-        if spec.baselines:
-            _phase(spec, study_dir, tracking, phases.BASELINES, _fixed(spec.baselines, spec.seeds))
+        if spec.fixed_baselines:
+            _phase(spec, study_dir, tracking, phases.BASELINES, _fixed(spec.fixed_baselines, spec.seeds))
         best = {}
         for method, (search_alg, samples) in _searches(spec).items():
             best[method] = _phase(spec, study_dir, tracking, phases.search(method), {}, search_alg, samples).best
@@ -159,7 +159,8 @@ def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, p
     if ended is not None:
         return ended
     results = _fit(spec, study_dir, tracking, phase, param_space, search_alg, num_samples)
-    record = PhaseRecord(results.num_errors, best_setting(results, spec) if search_alg else None)
+    best = best_setting(results, spec, phase.method) if search_alg else None
+    record = PhaseRecord(results.num_errors, best)
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
     for checkpoint in (study_dir / "tune" / phase.name).glob("*/checkpoint_*"):  # an ended phase never resumes
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -214,9 +215,9 @@ def _searches(spec: StudySpec) -> dict:
 
     search = spec.search
     searches = {}
-    for method in spec.methods:
+    for method in spec.searched:
         space = {"method": CategoricalDistribution([str(method)])}  # plain strings in Optuna and Tune
-        for name, dimension in search.space.items():
+        for name, dimension in spec.space_for(method).items():
             if dimension.values is not None:
                 space[name] = CategoricalDistribution(dimension.values)
             elif dimension.integer:
@@ -226,7 +227,7 @@ def _searches(spec: StudySpec) -> dict:
         if search.algorithm == "grid":
             space["training.seed"] = CategoricalDistribution(spec.seeds)
             grid = {name: list(d.choices) for name, d in space.items()}
-            sampler, samples = optuna.samplers.GridSampler(grid, seed=search.seed), spec.grid_size()
+            sampler, samples = optuna.samplers.GridSampler(grid, seed=search.seed), spec.grid_size(method)
         else:
             space["training.seed"] = CategoricalDistribution([spec.seeds[0]])
             sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.algorithm == "tpe"
@@ -251,7 +252,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, par
 
     from trainables.tune_trial import run_trial
 
-    base_runs = {method: spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
+    base_runs = {str(method): spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase.name, study_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
@@ -282,15 +283,16 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, par
     return tuner.fit()
 
 
-def best_setting(results, spec: StudySpec) -> dict | None:
-    """The searched values with the best metric: mean over seeds for a grid, best trial otherwise."""
+def best_setting(results, spec: StudySpec, method: str) -> dict | None:
+    """``method``'s searched values with the best validation metric: mean over seeds for a grid, best trial
+    otherwise."""
     scores: dict[tuple, list[float]] = {}
     for result in results:
         if result.metrics_dataframe is None or spec.metric not in result.metrics_dataframe:
             continue
         history = result.metrics_dataframe[spec.metric]
         value = history.max() if spec.mode == "max" else history.min()
-        key = tuple((name, result.config[name]) for name in spec.search.space)
+        key = tuple((name, result.config[name]) for name in spec.space_for(method))
         scores.setdefault(key, []).append(float(value))
     if not scores:
         return None

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainables.config import RunSettings, parse_config
 from trainables.errors import ConfigError
-from trainables.methods import Method
+from trainables.methods import METHODS, Method
 from trainables.metrics import Metric
 from trainables.schema import Strict, apply_overrides, read_yaml, validated
 from trainables.task_kinds import reported_metrics
@@ -120,6 +120,7 @@ class StudySpec(RunSettings):
     description: str = ""
     methods: list[Method] = Field(min_length=1)
     baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
+    tune_baselines: bool = False  # baselines get the same search as the methods, over the fields they share
     seeds: list[int] = Field([0], min_length=1)
     metric: Metric = Metric.VAL_ACCURACY
     search: SearchConfig
@@ -154,8 +155,33 @@ class StudySpec(RunSettings):
         default = ("distill.tau", "distill.alpha")
         return [default] if set(default) <= set(self.search.space) else []
 
-    def grid_size(self) -> int:
-        return math.prod(len(d.values) for d in self.search.space.values()) * len(self.seeds)
+    @property
+    def searched(self) -> list[Method]:
+        """The methods with a search phase: ``methods``, and the baselines when ``tune_baselines``."""
+        return [*self.methods, *(self.baselines if self.tune_baselines else [])]
+
+    @property
+    def fixed_baselines(self) -> list[Method]:
+        """The baselines run at the base settings (none when ``tune_baselines``)."""
+        return [] if self.tune_baselines else list(self.baselines)
+
+    def space_for(self, method: str) -> dict[str, Dimension]:
+        """The searched fields that apply to ``method``: all of them, but ``distill.*`` only for methods that
+        distil (vanilla and vanilla_repeat ignore α and τ)."""
+        if METHODS[method].distils:
+            return dict(self.search.space)
+        return {name: d for name, d in self.search.space.items() if not name.startswith("distill.")}
+
+    def grid_size(self, method: str | None = None) -> int:
+        """Trials of ``method``'s grid (default: the first searched method's): combinations × seeds."""
+        space = self.space_for(method or self.methods[0])
+        return math.prod(len(d.values) for d in space.values()) * len(self.seeds)
+
+    def search_trials(self) -> int:
+        """Trials of every search phase together."""
+        if self.search.algorithm == "grid":
+            return sum(self.grid_size(method) for method in self.searched)
+        return self.search.num_samples * len(self.searched)
 
 
 def check_runs(spec: StudySpec) -> None:
@@ -167,12 +193,21 @@ def check_runs(spec: StudySpec) -> None:
     for method in {*spec.methods, *spec.baselines}:
         parse_config(spec.base_run(method))
     names = list(spec.search.space)
-    for method in spec.methods:
-        for corner in itertools.product(*(spec.search.space[n].extremes for n in names)):
+    for method in spec.searched:
+        space = spec.space_for(method)
+        for corner in itertools.product(*(d.extremes for d in space.values())):
             try:
-                parse_config(spec.base_run(method), values=dict(zip(names, corner)))
+                parse_config(spec.base_run(method), values=dict(zip(space, corner)))
             except ConfigError as error:
                 raise ConfigError(f"search.space gives {method} trials a bad run config: {error}") from None
+    if spec.tune_baselines:
+        for method in spec.baselines:
+            if method in spec.methods:
+                raise ConfigError(f"tune_baselines: {method} is both a searched method and a baseline; list it once")
+            if not spec.space_for(method):
+                raise ConfigError(f"tune_baselines: {method} ignores every searched field "
+                                  f"({', '.join(spec.search.space)}); search a field it reads (a training.* one, "
+                                  "e.g. training.learning_rate) or set tune_baselines: false")
     for x, y in spec.heatmap_axes:
         for axis in (x, y):
             if axis not in spec.search.space:

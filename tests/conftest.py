@@ -18,7 +18,8 @@ from trainables.config import parse_config
 # Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
 FAST = {
     "model": {"name": "minilm-l6", "num_layers": 2},
-    "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 48, "validation_subset": 64},
+    "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 48, "validation_subset": 64,
+             "test_subset": 64},
     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "log_every": 1, "grad_norm_every": 2,
                  "cpus": 2},
 }

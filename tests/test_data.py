@@ -23,7 +23,7 @@ def split_record(task_name):
     return records
 
 
-def test_strategyqa_is_boolq_like_with_a_stratified_recorded_split():
+def test_strategyqa_is_boolq_like_with_stratified_recorded_train_validation_test_splits():
     task = load_task(TaskConfig(name="strategyqa"))
     assert task.label_names == ("no", "yes")
     rows = task.train.to_dict()
@@ -31,11 +31,15 @@ def test_strategyqa_is_boolq_like_with_a_stratified_recorded_split():
     assert all(q.endswith("?") or len(q) > 10 for q in rows["text"][:50])
     train_yes = sum(rows["label"]) / len(rows["label"])
     validation_yes = sum(task.validation["label"]) / len(task.validation)
-    assert abs(train_yes - validation_yes) < 0.01  # stratified
-    record = next(r for r in split_record("strategyqa") if r["split"].get("seed") == 0)
-    assert record["sizes"] == {"train": len(task.train), "validation": len(task.validation)}
-    assert record["split"] == {"seed": 0, "validation_fraction": 0.2}
-    assert set(record["content_hash"]) == {"train", "validation"}
+    test_yes = sum(task.test["label"]) / len(task.test)
+    assert abs(train_yes - validation_yes) < 0.01 and abs(train_yes - test_yes) < 0.01  # stratified
+    assert len(task.train) + len(task.validation) + len(task.test) == 2290 and len(task.test) == 458
+    record = next(r for r in split_record("strategyqa") if r["split"].get("seed") == 0 and "made" in r["split"])
+    assert record["sizes"] == {"train": len(task.train), "validation": len(task.validation), "test": len(task.test)}
+    assert record["split"] == {"seed": 0, "validation_fraction": 0.2, "test_fraction": 0.2, "made": {
+        "train": "the source's own split", "test": "carved from train: 0.2 of it, seed 0",
+        "validation": "carved from train: 0.2 of it, seed 0"}}
+    assert set(record["content_hash"]) == set(record["label_counts"]) == {"train", "validation", "test"}
     assert load_task(TaskConfig(name="strategyqa")).fingerprint == task.fingerprint  # every trial: same split
     other = load_task(TaskConfig(name="strategyqa", split_seed=1))
     assert other.fingerprint != task.fingerprint
@@ -47,7 +51,8 @@ def test_epistemic_reasoning_and_multiemo_are_rte_and_sst2_like():
     first = rte.train[0]
     assert first["text"] and first["text_pair"] and "Hypothesis" not in first["text"]
     sst = load_task(TaskConfig(name="multiemo"))
-    assert sst.label_names == ("negative", "positive") and len(sst.train) + len(sst.validation) == 5398
+    assert sst.label_names == ("negative", "positive")
+    assert len(sst.train) + len(sst.validation) + len(sst.test) == 5398
     assert not any(sst.train.to_dict()["text_pair"])
 
 
@@ -64,8 +69,8 @@ def test_local_files_with_a_column_mapping(tmp_path, nli_jsonl, suffix):
                         columns={"text": "premise", "text_pair": "claim", "label": "verdict"})
     task = load_task(config)
     assert task.label_names == ("no", "yes")
-    assert len(task.train) == 32 and len(task.validation) == 8
-    for row in [*task.train, *task.validation]:
+    assert (len(task.train), len(task.validation), len(task.test)) == (24, 8, 8)
+    for row in [*task.train, *task.validation, *task.test]:
         assert row["label"] == int("blue" in row["text"]) and row["text_pair"] == "The sky is blue."
 
 
@@ -73,7 +78,7 @@ def test_a_run_on_local_files(nli_jsonl):
     task = {"name": "my_nli", "files": str(nli_jsonl), "train_subset": None, "validation_subset": None,
             "columns": {"text": "premise", "text_pair": "claim", "label": "verdict"}}
     summary = fine_tune(fast_config("static", task=task), RecordingReporter())
-    assert summary["train_size"] == 32 and summary["steps"] == 8  # 4 fresh samples a step
+    assert summary["train_size"] == 24 and summary["steps"] == 6  # 4 fresh samples a step
 
 
 def test_tokenization_happens_once_per_model_task_and_length(monkeypatch, tmp_path):
@@ -85,9 +90,9 @@ def test_tokenization_happens_once_per_model_task_and_length(monkeypatch, tmp_pa
     calls = []
     original = PreTrainedTokenizerBase.__call__
     monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-    train, _ = tokenized_task(task, tokenizer, "minilm-l6", 40)
+    train, *_ = tokenized_task(task, tokenizer, "minilm-l6", 40)
     first = len(calls)
-    again, _ = tokenized_task(task, tokenizer, "minilm-l6", 40)
+    again, *_ = tokenized_task(task, tokenizer, "minilm-l6", 40)
     assert len(calls) == first  # second call reads the cache
     assert again["input_ids"] == train["input_ids"] and max(map(len, train["input_ids"])) <= 40
     tokenized_task(task, tokenizer, "minilm-l6", 32)

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +152,38 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, run):
     assert resumed.epochs[0][0] == 2
     assert resumed.epochs[0][1]["val_loss"] == straight.epochs[1][1]["val_loss"]
     assert summary["steps"] == straight.epochs[1][1]["step"]
+
+
+def test_a_run_never_reads_the_test_labels(tmp_path, nli_jsonl):
+    """Train / validation / test files; the same run with the test labels permuted trains the same steps, scores
+    validation the same and picks the same best epoch; only its test scores change."""
+    import json
+    import random
+
+    rows = [json.loads(line) for line in nli_jsonl.read_text().splitlines()]
+    files = {"train": rows[:24], "validation": rows[24:32], "test": rows[32:]}
+    shuffled = [row["verdict"] for row in files["test"]]
+    random.Random(0).shuffle(shuffled)
+    shuffled = shuffled[1:] + shuffled[:1]  # a permutation that moves labels (the 8 test rows are 4 yes, 4 no)
+    recorded = []
+    for labels in ([row["verdict"] for row in files["test"]], shuffled):
+        folder = tmp_path / f"run{len(recorded)}"
+        folder.mkdir()
+        paths = {}
+        for split, split_rows in files.items():
+            if split == "test":
+                split_rows = [{**row, "verdict": label} for row, label in zip(split_rows, labels)]
+            paths[split] = str(folder / f"{split}.jsonl")
+            Path(paths[split]).write_text("".join(json.dumps(row) + "\n" for row in split_rows))
+        task = {"name": "my_nli", "files": paths, "columns": {"text": "premise", "text_pair": "claim",
+                                                              "label": "verdict"}, "train_subset": None,
+                "validation_subset": None}
+        reporter = RecordingReporter()
+        summary = fine_tune(fast_config("dynamic", task=task, training={"epochs": 3, "grad_norm_every": 0}), reporter)
+        recorded.append((reporter, summary))
+    (same, first), (permuted, second) = recorded
+    assert [m for _, m in same.steps] == [m for _, m in permuted.steps]  # every loss, α, τ of every step
+    for (_, a), (_, b) in zip(same.epochs, permuted.epochs):
+        assert {k: v for k, v in a.items() if k.startswith("val_")} == {k: v for k, v in b.items() if k.startswith("val_")}
+    assert first["best_epoch"] == second["best_epoch"] and first["best_val_accuracy"] == second["best_val_accuracy"]
+    assert [a["test_loss"] for _, a in same.epochs] != [b["test_loss"] for _, b in permuted.epochs]

@@ -16,9 +16,10 @@ def tokenizer():
     return load_tokenizer(resolve_model("smollm2-135m"))
 
 
-def test_strategyqa_gen_pairs_and_a_seeded_split():
+def test_strategyqa_gen_pairs_and_seeded_validation_and_test_splits():
     data = load_generation_task(TaskConfig(name="strategyqa_gen"))
-    assert len(data.train) + len(data.validation) == 2290 and len(data.validation) == 458
+    assert len(data.train) + len(data.validation) + len(data.test) == 2290
+    assert len(data.validation) == len(data.test) == 458
     assert all(t.startswith(("Yes. ", "No. ")) for t in data.train["target"][:50])
     assert data.train[0]["source"].endswith("?")
     again = load_generation_task(TaskConfig(name="strategyqa_gen"))
@@ -29,7 +30,7 @@ def test_strategyqa_gen_pairs_and_a_seeded_split():
 
 def test_prompt_tokens_are_masked_and_targets_end_with_eos(tokenizer):
     data = load_generation_task(TaskConfig(name="strategyqa_gen", train_subset=16, validation_subset=8))
-    train, _ = tokenized_generation_task(data, tokenizer, "smollm2-135m", 96, 48)
+    train, *_ = tokenized_generation_task(data, tokenizer, "smollm2-135m", 96, 48)
     for row, target in zip(train, data.train["target"]):
         prompt = row["prompt_length"]
         assert row["labels"][:prompt] == [-100] * prompt
@@ -41,8 +42,8 @@ def test_prompt_tokens_are_masked_and_targets_end_with_eos(tokenizer):
 
 def test_long_xsum_articles_are_cut_inside_the_template(tokenizer):
     data = load_generation_task(TaskConfig(name="xsum", train_subset=8, validation_subset=4))
-    train, validation = tokenized_generation_task(data, tokenizer, "smollm2-135m", 128, 32)
-    assert len(validation) == 4
+    train, validation, test = tokenized_generation_task(data, tokenizer, "smollm2-135m", 128, 32)
+    assert len(validation) == len(test) == 4  # test_subset: as validation_subset
     for row in train:
         assert len(row["input_ids"]) <= 128
         prompt = tokenizer.decode(row["input_ids"][:row["prompt_length"]])

@@ -4,6 +4,7 @@ import json
 import re
 import struct
 
+import pandas as pd
 import pytest
 import ray
 import yaml
@@ -18,7 +19,7 @@ TINY = {
     "name": "tiny",
     "description": "a 2 x 2 grid on 64 examples",
     "methods": ["static"],
-    "baselines": ["vanilla", "dynamic"],
+    "baselines": ["vanilla", "vanilla_repeat", "dynamic"],
     "seeds": [0, 1],
     "model": {"name": "minilm-l6", "num_layers": 2},
     "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 64, "validation_subset": 64},
@@ -63,17 +64,18 @@ def grid_study(local_ray, tmp_path_factory):
 def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
     client, info, parents, children = study_runs(grid_study)
     assert len(parents) == 1 and parents[0].info.run_id == info["parent_run_id"]
-    assert len(children) == 2 * 2 * 2 + 2 * 2  # grid cells × seeds + baselines × seeds
+    assert len(children) == 2 * 2 * 2 + 3 * 2  # grid cells × seeds + baselines × seeds
     searched = [c for c in children if c.data.tags["selfd.phase"] == "search-static"]
     cells = {(c.data.params["distill.tau"], c.data.params["distill.alpha"], c.data.params["training.seed"])
              for c in searched}
     assert cells == {(t, a, s) for t in ("1.0", "3.0") for a in ("0.5", "1.0") for s in ("0", "1")}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.params["method"] in ("static", "vanilla", "dynamic")
+        assert child.data.params["method"] in ("static", "vanilla", "vanilla_repeat", "dynamic")
         assert child.data.params["training.cpus"] == "1"  # threads = the CPUs the trial holds
         run_id = child.info.run_id
         assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1, 2]
         assert len(client.get_metric_history(run_id, "loss")) >= 8  # 64 examples, every 2nd step, 2 epochs
         assert client.get_metric_history(run_id, "grad_norm/block_00")
     dynamic = next(c for c in children if c.data.params["method"] == "dynamic")
@@ -93,9 +95,23 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
     assert pixels.std() > 0.05  # a drawn figure, not a blank canvas
     data = json.loads((grid_study / "report" / "heatmaps" / png.split("/")[-1].replace(".png", ".json")).read_text())
     assert len(data["cells"]) == 4 and all(cell["n"] == 2 for cell in data["cells"])
-    assert set(data["reference"]) == {"vanilla", "dynamic"}
+    assert data["metric"] == "test_accuracy" and data["chosen_on"] == "val_accuracy"
+    # two seeds: every verdict says it cannot be given, and why, in the heatmap, the summary and on the parent run
+    assert [(v["control"], v["word"]) for v in data["verdicts"]] == [("vanilla_repeat", "no verdict"),
+                                                                    ("vanilla", "no verdict")]
+    summary = (grid_study / "report" / "summary.md").read_text()
+    assert summary.index("## Verdicts") < summary.index("## Methods compared")
+    assert "- static vs vanilla_repeat: no verdict (2 shared seeds; a paired interval needs at least 3" in summary
+    assert "- dynamic vs static: no verdict" in summary
+    tags = client.get_run(info["parent_run_id"]).data.tags
+    assert tags["selfd.verdict.static_vs_vanilla_repeat"] == tags["selfd.verdict.dynamic_vs_static"] == "no verdict"
+    page = (grid_study / "report" / "index.html").read_text()
+    assert page.index('id="verdicts"') < page.index('id="summary"') and "parallel_coordinates.png" in page
+    table = pd.read_csv(grid_study / "report" / "results.csv")
+    assert table["test_accuracy"].between(0, 1).all() and (table["steps"] > 0).all()
+    assert (table["samples"] >= table["steps"] * 4).all()
     assert {a.path for a in client.list_artifacts(info["parent_run_id"])} >= {
-        "results.csv", "summary.md", "heatmaps", "grad_norms"}
+        "results.csv", "summary.md", "verdicts.json", "heatmaps", "trials", "grad_norms"}
     # ended trials leave no checkpoints behind
     assert not list((grid_study / "tune").rglob("checkpoint_*"))
 
@@ -105,9 +121,13 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
     before = sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps"))
     for _ in range(2):
         assert main(["report", str(grid_study)]) == 0
-    heatmap_line, report_line = capsys.readouterr().out.splitlines()[-2:]
-    assert heatmap_line.startswith("heatmap: epistemic_reasoning · static: best cell τ=")
-    assert "vanilla" in heatmap_line and report_line == f"report: {grid_study / 'report'}"
+    *_, first, second, third, report_line = capsys.readouterr().out.splitlines()
+    assert [first, second, third] == [
+        "verdict: static vs vanilla_repeat: no verdict (2 shared seeds; a paired interval needs at least 3 — run more "
+        "seeds)", "verdict: static vs vanilla: no verdict (2 shared seeds; a paired interval needs at least 3 — run "
+        "more seeds)", "verdict: dynamic vs static: no verdict (2 shared seeds; a paired interval needs at least 3 — "
+        "run more seeds)"]
+    assert report_line == f"report: {grid_study / 'report'}"
     client, info, parents_after, children_after = study_runs(grid_study)
     assert len(parents_after) == len(parents) == 1 and len(children_after) == len(children)
     assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before
@@ -165,24 +185,32 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
         urllib.request.urlopen(f"{base}/health", timeout=5)
 
 
-def test_best_settings_rerun_over_seeds_with_a_paired_comparison(local_ray, tmp_path):
-    spec = {**TINY, "name": "rerun", "methods": ["dynamic", "static"], "baselines": [], "seeds": [0],
-            "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
-            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_ray, tmp_path):
+    spec = {**TINY, "name": "rerun", "methods": ["dynamic", "static"], "baselines": ["vanilla_repeat"],
+            "tune_baselines": True, "seeds": [0], "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]},
+                                                      "training.learning_rate": {"values": [1e-4]}}},
             "rerun_best": {"seeds": [0, 1]}}
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
     _, _, _, children = study_runs(study_dir)
     phases = sorted(c.data.tags["selfd.phase"] for c in children)
-    assert phases == ["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["search-dynamic"] * 2 + ["search-static"] * 2
+    assert phases == (["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["rerun-vanilla_repeat"] * 2
+                      + ["search-dynamic"] * 2 + ["search-static"] * 2 + ["search-vanilla_repeat"])
+    # the tuned baseline searched the field it shares (the learning rate), not α, which it ignores
+    baseline = [c for c in children if c.data.tags["selfd.phase"] == "search-vanilla_repeat"]
+    assert baseline[0].data.params["distill.alpha"] == str(TINY.get("distill", {}).get("alpha", 1.0))
     summary = (study_dir / "report" / "summary.md").read_text()
-    assert "| dynamic |" in summary and "| static |" in summary
-    assert "Paired over seeds [0, 1]: dynamic − static = " in summary
+    for method in ("dynamic", "static", "vanilla_repeat"):
+        assert f"| {method} | best setting re-run |" in summary
+    assert "| vanilla_repeat | best setting re-run | learning rate=0.0001 |" in summary
+    assert "- dynamic vs vanilla_repeat: no verdict (2 shared seeds" in summary
+    assert "- dynamic vs static: no verdict (2 shared seeds" in summary
     # the comparison names the setting each method was re-run at (it was read from an object without phases)
     page = (study_dir / "report" / "index.html").read_text()
     for method in ("dynamic", "static"):
         row = re.search(rf"<tr[^>]*><td>{method}</td><td>best setting re-run</td><td>([^<]*)</td>", page)
-        assert row and re.fullmatch(r"α=(0\.5|1)", row.group(1)), (method, row and row.group(1))
+        assert row and re.fullmatch(r"α=(0\.5|1), learning rate=0\.0001", row.group(1)), (method, row and row.group(1))
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path):
@@ -205,3 +233,33 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray
     parent = client.get_run(info["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["selfd.failed_trials"] == "1"
     assert "FAILED" in (study_dir / "report" / "results.csv").read_text()
+
+
+def test_choices_are_blind_to_the_test_labels(grid_study, tmp_path):
+    """Test scores that run against validation (and are shuffled) change no choice of a real study: not the
+    configuration each method is compared at, not the cell a heatmap boxes. (tests/test_fine_tune.py shows the
+    same for a run: its training and validation never read the test split.)"""
+    import numpy as np
+
+    from study.comparison import selections
+    from study.report import heatmap, results_table
+    from study.spec import StudySpec
+    from study.state import StudyState, search
+
+    state = StudyState.read(grid_study)
+    spec = StudySpec.model_validate(yaml.safe_load((grid_study / "spec.yaml").read_text()))
+    table = results_table(MlflowClient(state.tracking.tracking_uri), state, spec)
+    permuted = table.copy()
+    noise = np.random.default_rng(0).uniform(0, 0.05, len(table))
+    permuted["test_accuracy"] = 1.0 - table["best_val_accuracy"] + noise  # a choice that read test would flip
+    assert not np.allclose(permuted["test_accuracy"], table["test_accuracy"])
+
+    def choices(results):
+        chosen = [(s.method, s.how, s.setting, sorted(s.rows.trial)) for s in selections(results, spec, state)]
+        cell = heatmap(results, spec, "static", "distill.tau", "distill.alpha", [], tmp_path)["best"]
+        return chosen, (cell["x"], cell["y"])
+
+    assert choices(permuted) == choices(table)
+    # the search's own choice (recorded when its phase ended, from validation) is the one compared
+    assert [s.setting for s in selections(table, spec, state) if s.method == "static"] == [
+        state.ended(search("static")).best]

@@ -60,6 +60,8 @@ BAD = {
                                       "so ASHA could never stop one"),
     "lora on a classifier": (spec_with(model__lora={"r": 4}), "model.lora applies to decoder-only models"),
     "wrong label count": (spec_with(model__num_labels=3), "model.num_labels is 3 but task epistemic_reasoning has 2"),
+    "tuned baselines that share no searched field": (spec_with(tune_baselines=True),
+                                                     "tune_baselines: vanilla ignores every searched field"),
 }
 
 
@@ -126,9 +128,11 @@ def test_gpu_request_on_a_cluster_without_gpus(tiny_spec, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SPECS.glob("*.yaml") if p.name != "demo_train_cpu.yaml"))
-def test_shipped_specs_are_valid(name):
+def test_shipped_specs_are_valid_and_run_the_matched_control(name):
     spec = load_spec(SPECS / name)
     assert spec.name == name.removesuffix(".yaml")
+    # vanilla_repeat makes the DLB methods' steps on their batches with α = 0: what distillation is judged against
+    assert "vanilla_repeat" in spec.baselines
 
 
 def test_tracking_uri_from_the_spec_then_mlflows_environment_then_the_study_dir(tmp_path, monkeypatch):

@@ -9,8 +9,9 @@ generation task, trained token by token under teacher forcing (METHOD.md, "Langu
   token), then stored as ``distill.teacher_storage`` says (full, bf16, or top-k with a rest bucket); revisited
   sequences are re-padded in a new batch, so teachers are aligned to the student by the common-prefix rule
   (``token_teachers.aligned``), which under teacher forcing keeps every target token;
-- evaluation: the teacher-forced validation loss, then greedy generation from each validation prompt (at most
-  ``task.max_target_length`` new tokens), scored by the task (answer accuracy, ROUGE-L).
+- evaluation: on the validation split (what choices read) and the test split (read by none): the
+  teacher-forced loss, then greedy generation from each prompt (at most ``task.max_target_length`` new tokens),
+  scored by the task (answer accuracy, ROUGE-L).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from trainables.generation_tasks import load_generation_task, score_generations, tokenized_generation_task
 from trainables.losses import extremes
-from trainables.metrics import Metric
+from trainables.metrics import Metric, on_test
 from trainables.models import load_causal_lm, load_tokenizer, resolve_model
 from trainables.token_teachers import TokenTeachers, aligned, keep_teachers, per_sample, token_kl
 
@@ -50,11 +51,11 @@ class CausalLMObjective:
         self.scores = tuple(Metric(name) for name in self.data.task.scores)
         self.model_path = resolve_model(config.model.name)
         self.tokenizer = load_tokenizer(self.model_path)
-        train, validation = tokenized_generation_task(self.data, self.tokenizer, config.model.name,
-                                                      config.task.max_length, config.task.max_target_length)
+        train, validation, test = tokenized_generation_task(self.data, self.tokenizer, config.model.name,
+                                                            config.task.max_length, config.task.max_target_length)
         self.train_rows = [torch.tensor(r) for r in train["input_ids"]], [torch.tensor(r) for r in train["labels"]]
-        self.validation = validation.with_format("torch")
-        self.train_size, self.validation_size = len(self.train_rows[0]), len(self.validation)
+        self.validation, self.test = validation.with_format("torch"), test.with_format("torch")
+        self.train_size, self.validation_size, self.test_size = len(self.train_rows[0]), len(validation), len(test)
 
     def load_model(self):
         model = self.config.model
@@ -88,11 +89,15 @@ class CausalLMObjective:
         alpha, tau = self.rule(logits, labels, step_number + 1, total_steps, distill.alpha, distill.tau)
         return keep_teachers(logits, labels, mask, alpha * mask, tau, distill.teacher_storage, distill.topk)
 
-    @torch.inference_mode()
     def evaluate(self, model) -> dict[str, float]:
-        """Teacher-forced validation loss, then greedy generations from the prompts, scored by the task."""
+        """Validation (``val_…``) and test (``test_…``) scores; evaluation never touches the training teachers."""
+        return {**self._scores(model, self.validation), **on_test(self._scores(model, self.test))}
+
+    @torch.inference_mode()
+    def _scores(self, model, rows) -> dict[str, float]:
+        """Teacher-forced loss, then greedy generations from the prompts, scored by the task."""
         model.eval()
-        rows, pad = self.validation, self.tokenizer.pad_token_id
+        pad = self.tokenizer.pad_token_id
         batch_size = self.config.training.eval_batch_size
         loss_sum, tokens, predictions, references = 0.0, 0, [], []
         for start in range(0, len(rows), batch_size):
@@ -121,7 +126,7 @@ class CausalLMObjective:
                 **score_generations(self.data.name, [p.strip() for p in predictions], [r.strip() for r in references])}
 
     def summary(self) -> dict:
-        return {"task": self.data.name}
+        return {"task": self.data.name, "test_size": self.test_size}
 
 
 def _wrong_teachers(teachers: TokenTeachers, valid: Tensor) -> Tensor:

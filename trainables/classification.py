@@ -5,7 +5,8 @@ classifier on a classification task.
 - loss: mean CE over the batch + mean over revisited samples of α_i · τ_i² · KL(teacher_i ‖ student_i), with
   (α_i, τ_i) from the method's rule applied to the teacher logits when they are used;
 - teachers: the logits each revisited sample got in the previous step's forward pass, detached;
-- evaluation: validation loss, accuracy and macro-F1 (the first chooses a run's best evaluation).
+- evaluation: loss, accuracy and macro-F1 on the validation split (accuracy chooses a run's best evaluation)
+  and the same on the test split (read by no choice).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from trainables import losses
 from trainables.errors import ConfigError
-from trainables.metrics import Metric
+from trainables.metrics import Metric, on_test
 from trainables.models import load_classifier, load_tokenizer, resolve_model
 from trainables.tasks import load_task, tokenized_task
 
@@ -54,10 +55,11 @@ class ClassificationObjective:
                               f"{len(self.task.label_names)} labels ({', '.join(self.task.label_names)})")
         self.model_path = resolve_model(config.model.name)
         self.tokenizer = load_tokenizer(self.model_path)
-        train, validation = tokenized_task(self.task, self.tokenizer, config.model.name, config.task.max_length)
-        self.train_rows, self.validation_rows = _as_tensors(train), _as_tensors(validation)
+        splits = tokenized_task(self.task, self.tokenizer, config.model.name, config.task.max_length)
+        self.train_rows, self.validation_rows, self.test_rows = map(_as_tensors, splits)
         self.collate = functools.partial(_collate, pad_token_id=self.tokenizer.pad_token_id, device=device)
         self.train_size, self.validation_size = len(self.train_rows["labels"]), len(self.validation_rows["labels"])
+        self.test_size = len(self.test_rows["labels"])
 
     def load_model(self):
         model = self.config.model
@@ -88,13 +90,17 @@ class ClassificationObjective:
         """The next step's teachers: the logits of the samples at ``positions`` of this step's batch."""
         return LogitTeachers(step.logits.detach()[positions.to(step.logits.device)])
 
-    @torch.inference_mode()
     def evaluate(self, model) -> dict[str, float]:
-        """Validation loss, accuracy and macro-F1. Evaluation never touches the teachers of training."""
+        """Loss, accuracy and macro-F1 on validation (``val_…``) and test (``test_…``). Evaluation never touches
+        the teachers of training."""
+        return {**self._scores(model, self.validation_rows), **on_test(self._scores(model, self.test_rows))}
+
+    @torch.inference_mode()
+    def _scores(self, model, rows: dict) -> dict[str, float]:
         from sklearn.metrics import f1_score
 
         model.eval()
-        rows, count = self.validation_rows, self.validation_size
+        count = len(rows["labels"])
         predictions, loss_sum = [], 0.0
         for ids in torch.arange(count).split(self.config.training.eval_batch_size):
             batch = self.collate(rows, ids)
@@ -112,7 +118,8 @@ class ClassificationObjective:
         }
 
     def summary(self) -> dict:
-        return {"task": self.task.name, "majority_accuracy": self.task.majority_accuracy}
+        return {"task": self.task.name, "majority_accuracy": self.task.majority_accuracy,
+                "test_majority_accuracy": self.task.test_majority_accuracy, "test_size": self.test_size}
 
 
 def _as_tensors(dataset) -> dict[str, list[Tensor]]:

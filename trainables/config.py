@@ -41,17 +41,19 @@ class Columns(Strict):
 
 class TaskConfig(Strict):
     name: str = "epistemic_reasoning"
-    files: str | dict[Literal["train", "validation"], str] | None = None
+    files: str | dict[Literal["train", "validation", "test"], str] | None = None
     hub: str | None = None
     hub_config: str | None = None
     columns: Columns | None = None
     labels: list[str] | None = Field(None, min_length=2)
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)  # carved from train where the data has no validation split
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # carved from train where the data has no (labelled) test split
     split_seed: int = 0
     max_length: int = Field(128, ge=8)
     max_target_length: int = Field(64, ge=1)  # generation tasks: target tokens kept (then EOS)
     train_subset: int | None = Field(None, gt=1)
     validation_subset: int | None = Field(None, gt=1)
+    test_subset: int | None = Field(None, gt=1)  # default: as many as validation_subset (all when that is unset)
 
     @model_validator(mode="after")
     def _source_is_consistent(self) -> TaskConfig:
@@ -61,6 +63,9 @@ class TaskConfig(Strict):
             raise ValueError("files and hub data sets need columns: {text: ..., text_pair: ..., label: ...}")
         if isinstance(self.files, dict) and "train" not in self.files:
             raise ValueError("files needs a train entry")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"validation_fraction + test_fraction is {self.validation_fraction + self.test_fraction:g}; "
+                             "keep it below 0.9 so that training keeps a tenth of the data or more")
         return self
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from trainables.cache import cached_entry, content_hash
 from trainables.config import TaskConfig
 from trainables.errors import ConfigError
-from trainables.tasks import BIGBENCH, bigbench_task_json, prepared_splits
+from trainables.tasks import BIGBENCH, SPLITS, bigbench_task_json, carve_splits, prepared_splits
 
 
 def _strategyqa(example: dict) -> dict:
@@ -55,11 +55,13 @@ class GenerationData:
     task: GenerationTask
     train: object  # datasets.Dataset with columns source, target
     validation: object
+    test: object
     fingerprint: str
 
 
 def load_generation_task(config: TaskConfig) -> GenerationData:
-    """The task's seeded train/validation split of (source, target) pairs, from the cache when one exists."""
+    """The task's seeded train / validation / test splits of (source, target) pairs (both carved from BIG-bench's
+    one split), from the cache when one exists."""
     import datasets
 
     if config.name not in GENERATION_TASKS:
@@ -70,24 +72,26 @@ def load_generation_task(config: TaskConfig) -> GenerationData:
     def build(folder: Path) -> None:
         examples = json.loads(bigbench_task_json(task.path).read_text())["examples"]
         rows = datasets.Dataset.from_list([task.convert(example) for example in examples])
-        parts = rows.train_test_split(test_size=config.validation_fraction, seed=config.split_seed)
-        digest = {name: content_hash(part["source"], part["target"]) for name, part in parts.items()}
-        parts["train"].save_to_disk(str(folder / "train"))
-        parts["test"].save_to_disk(str(folder / "validation"))
+        splits, made = carve_splits(config, {"train": rows}, stratify=None)
+        digest = {name: content_hash(part["source"], part["target"]) for name, part in splits.items()}
+        for name, split in splits.items():
+            split.save_to_disk(str(folder / name))
         (folder / "split.json").write_text(json.dumps({
             "task": config.name, "source": f"bigbench=={BIGBENCH[1]} {task.path}",
-            "split": {"seed": config.split_seed, "validation_fraction": config.validation_fraction},
-            "sizes": {"train": len(parts["train"]), "validation": len(parts["test"])},
+            "split": {"seed": config.split_seed, "validation_fraction": config.validation_fraction,
+                      "test_fraction": config.test_fraction, "made": made},
+            "sizes": {name: len(split) for name, split in splits.items()},
             "content_hash": digest, "fingerprint": content_hash(digest)}, indent=2))
 
-    key = content_hash("generation", BIGBENCH, task.path, config.validation_fraction, config.split_seed)
-    _, train, validation, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
-    return GenerationData(config.name, task, train, validation, fingerprint)
+    key = content_hash("generation", BIGBENCH, task.path, config.validation_fraction, config.test_fraction,
+                       config.split_seed)
+    _, splits, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
+    return GenerationData(config.name, task, *splits, fingerprint)
 
 
 def tokenized_generation_task(data: GenerationData, tokenizer, tokenizer_id: str, max_length: int,
                               max_target_length: int):
-    """(train, validation) rows of ``input_ids``, ``labels``, ``prompt_length``, cached on disk.
+    """(train, validation, test) rows of ``input_ids``, ``labels``, ``prompt_length``, cached on disk.
 
     The target is cut to ``max_target_length`` tokens (then EOS); the source is cut so that prompt and target
     fit ``max_length``, keeping the template's prefix and suffix whole.
@@ -108,7 +112,7 @@ def tokenized_generation_task(data: GenerationData, tokenizer, tokenizer_id: str
                           f"prompt template and {max_target_length} target tokens; raise it")
 
     def tokenize(folder: Path) -> None:
-        for name, split in (("train", data.train), ("validation", data.validation)):
+        for name, split in zip(SPLITS, (data.train, data.validation, data.test)):
             rows = {"input_ids": [], "labels": [], "prompt_length": []}
             for source, target in zip(split["source"], split["target"]):
                 prompt = start + prefix + encode(source)[:room] + suffix
@@ -119,11 +123,12 @@ def tokenized_generation_task(data: GenerationData, tokenizer, tokenizer_id: str
             Dataset.from_dict(rows).save_to_disk(str(folder / name))
 
     folder = cached_entry(f"tokenized/{data.name}-{key}", tokenize)
-    return load_from_disk(str(folder / "train")), load_from_disk(str(folder / "validation"))
+    return tuple(load_from_disk(str(folder / name)) for name in SPLITS)
 
 
 def score_generations(name: str, predictions: list[str], references: list[str]) -> dict[str, float]:
-    """The task's validation scores of greedy generations against the reference targets."""
+    """The task's scores of greedy generations against the reference targets, named as validation metrics
+    (``val_accuracy``, ``val_rougeL``)."""
     from rouge_score.rouge_scorer import RougeScorer
 
     rouge = RougeScorer(["rougeL"], use_stemmer=True)

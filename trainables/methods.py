@@ -27,14 +27,15 @@ class Training:
     """How a method trains: on DLB batches (B/2 revisited + B/2 fresh) or plain ones, and its rule."""
 
     dlb_batches: bool
+    distils: bool  # reads distill.alpha / distill.tau (a study searches them only for such methods)
     rule: Callable[[object], Callable | None]  # DistillConfig → rule (None: no teachers)
 
 
 METHODS: dict[Method, Training] = {
-    Method.VANILLA: Training(False, lambda distill: None),
-    Method.VANILLA_REPEAT: Training(True, lambda distill: losses.no_distillation),
-    Method.STATIC: Training(True, lambda distill: losses.static),
+    Method.VANILLA: Training(False, False, lambda distill: None),
+    Method.VANILLA_REPEAT: Training(True, False, lambda distill: losses.no_distillation),
+    Method.STATIC: Training(True, True, lambda distill: losses.static),
     Method.WARMUP_STATIC: Training(
-        True, lambda distill: functools.partial(losses.warmup_static, warmup_fraction=distill.warmup_fraction)),
-    Method.DYNAMIC: Training(True, lambda distill: losses.RULES[distill.rule]),
+        True, True, lambda distill: functools.partial(losses.warmup_static, warmup_fraction=distill.warmup_fraction)),
+    Method.DYNAMIC: Training(True, True, lambda distill: losses.RULES[distill.rule]),
 }

@@ -1,12 +1,16 @@
 """The validation metrics trials report, the direction each is optimised in, and the names derived from them.
 
-This module owns the score keys: ``Metric.VAL_ACCURACY.best`` is the key of a run's best value
-(``best_val_accuracy``), ``.final`` the key of its last one.
+Every evaluation scores the validation split (``val_…``, what every choice reads) and the test split
+(``test_…``, read by no choice). This module owns the score keys: ``Metric.VAL_ACCURACY.test`` is the same score
+on the test split (``test_accuracy``), ``.best`` the key of a run's best validation value (``best_val_accuracy``),
+``.final`` the key of its last one.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+VALIDATION_PREFIX, TEST_PREFIX = "val_", "test_"
 
 
 class Metric(StrEnum):
@@ -28,9 +32,18 @@ class Metric(StrEnum):
     def final(self) -> str:
         return f"final_{self.value}"
 
+    @property
+    def test(self) -> str:
+        return TEST_PREFIX + self.value.removeprefix(VALIDATION_PREFIX)
+
     def better(self, value: float, than: float) -> bool:
         return value > than if self.mode == "max" else value < than
 
     @property
     def worst(self) -> float:
         return float("-inf") if self.mode == "max" else float("inf")
+
+
+def on_test(scores: dict[str, float]) -> dict[str, float]:
+    """Validation-named scores (``val_accuracy``) renamed as the same scores on the test split (``test_accuracy``)."""
+    return {TEST_PREFIX + name.removeprefix(VALIDATION_PREFIX): value for name, value in scores.items()}

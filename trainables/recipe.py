@@ -16,8 +16,9 @@ Supports:
   for decoder-only models (``model.lora``);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
-  steps the per-layer log10 mean |grad|; every epoch the validation metrics and a function that saves a
-  checkpoint;
+  steps the per-layer log10 mean |grad|; every epoch the validation and test scores, the optimizer steps,
+  samples and training seconds so far, and a function that saves a checkpoint. The run's best epoch is chosen
+  on validation; its test scores are reported beside it and choose nothing;
 - exact resumption from a checkpoint: weights, optimizer, schedule, data order, CPU and CUDA random states and
   the teachers.
 Refused at setup, with what to change: ``model.lora`` on a classification task; an odd ``batch_size`` for a DLB
@@ -90,6 +91,7 @@ class FineTuneRecipe:
         self.generator = torch.Generator().manual_seed(training.seed)
         self.score = self.objective.scores[0]  # chooses the run's best evaluation
         self.step, self.epoch, self.teacher_ids, self.teachers = 0, 0, None, None
+        self.samples, self.train_seconds = 0, 0.0  # rows trained on (revisited ones count again), time in steps
         self.best = {self.score: self.score.worst}
         if resume_from is not None:
             self._load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
@@ -101,6 +103,7 @@ class FineTuneRecipe:
         groups, window, metrics = layer_groups(model), Window(), {}
         for self.epoch in range(self.epoch + 1, training.epochs + 1):
             model.train()
+            epoch_started = time.perf_counter()
             for fresh in fresh_batches(objective.train_size, self.fresh_size, self.generator):
                 self.step += 1
                 ids = fresh if self.teachers is None else torch.cat([self.teacher_ids, fresh])
@@ -112,12 +115,15 @@ class FineTuneRecipe:
                                           self.generator)
                     self.teacher_ids = ids[positions]
                     self.teachers = objective.keep(step, positions, self.step, self.total_steps)
+                self.samples += len(ids)
                 window.add(step.values)
                 report_step(reporter, window, self.step, self.total_steps, self.epoch, training.log_every,
                             self.scheduler, grad_norms)
 
+            self.train_seconds += time.perf_counter() - epoch_started
             metrics = {str(name): value for name, value in objective.evaluate(model).items()}
-            metrics |= {"step": self.step, "seconds": time.perf_counter() - self.started}
+            metrics |= {"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
+                        "seconds": time.perf_counter() - self.started}
             if self.score.better(metrics[self.score], self.best[self.score]):
                 self.best = {**metrics, "epoch": self.epoch}
             reporter.log_epoch(self.epoch, {**metrics, self.score.best: self.best[self.score]}, self.save_checkpoint)
@@ -130,6 +136,7 @@ class FineTuneRecipe:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             "step": self.step, "epoch": self.epoch, "best": {str(k): v for k, v in self.best.items()},
+            "samples": self.samples, "train_seconds": self.train_seconds,
             "teacher_ids": self.teacher_ids, "teachers": vars(self.teachers) if self.teachers is not None else None,
         }
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -145,6 +152,7 @@ class FineTuneRecipe:
         if self.device.type == "cuda" and state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
+        self.samples, self.train_seconds = state["samples"], state["train_seconds"]
         if state["teachers"] is not None:
             self.teacher_ids, self.teachers = state["teacher_ids"], self.objective.teachers_type(**state["teachers"])
 
@@ -155,10 +163,13 @@ class FineTuneRecipe:
             "model": self.config.model.name,
             **self.objective.summary(),
             **{score.best: self.best.get(score) for score in scores},
+            **{score.test: self.best.get(score.test) for score in scores},  # test scores at the best validation
             "best_epoch": self.best.get("epoch"),
             **{f"final_{name}": value for name, value in last.items() if name.startswith("val_")},
             "epochs": self.config.training.epochs,
             "steps": self.step,
+            "samples": self.samples,
+            "train_seconds": round(self.train_seconds, 2),
             "train_size": self.objective.train_size,
             "validation_size": self.objective.validation_size,
             "device": str(self.device),

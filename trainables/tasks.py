@@ -1,10 +1,14 @@
 """Classification tasks: packaged BIG-bench tasks, hub data sets and local files, split and tokenized once.
 
-Every task becomes two ``datasets.Dataset`` splits with columns ``text``, ``text_pair`` (may be empty) and
-``label`` (an index into ``label_names``). Tasks without a validation split get a seeded, stratified one.
-The prepared splits are saved under ``SELFD_CACHE/tasks`` with a ``split.json`` that records the seed and a
-content hash, and the tokenized splits under ``SELFD_CACHE/tokenized``: every trial of a study loads the
-same data instead of rebuilding it.
+Every task becomes three ``datasets.Dataset`` splits (``SPLITS``: train, validation, test) with columns ``text``,
+``text_pair`` (may be empty) and ``label`` (an index into ``label_names``). Validation makes every choice of a
+study; test is scored beside it and read by no choice. What the source lacks is carved from its train split,
+seeded and stratified (``carve_splits``): BIG-bench tasks have one split, so both are carved; hub GLUE/SuperGLUE
+tasks hide their test labels, so their official validation split is the test split and validation is carved;
+local files give ``{train, validation, test}`` files, and what they leave out is carved.
+The prepared splits are saved under ``SELFD_CACHE/tasks`` with a ``split.json`` that records the seed, the
+fractions, each split's size, class counts and content hash, and the tokenized splits under
+``SELFD_CACHE/tokenized``: every trial of a study loads the same data instead of rebuilding it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from trainables.errors import AssetError, ConfigError
 from trainables.hub import require_hub_asset
 
 BIGBENCH = ("bigbench", "1.0.0")
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,22 @@ class TaskData:
     label_names: tuple[str, ...]
     train: object  # datasets.Dataset
     validation: object  # datasets.Dataset
-    fingerprint: str  # content hash of both splits: equal fingerprints, equal data
+    test: object  # datasets.Dataset
+    fingerprint: str  # content hash of the splits: equal fingerprints, equal data
 
     @property
     def majority_accuracy(self) -> float:
-        labels = list(self.validation["label"])
-        return max(labels.count(c) for c in set(labels)) / len(labels)
+        """The validation accuracy of always predicting the most frequent class."""
+        return _majority(self.validation)
+
+    @property
+    def test_majority_accuracy(self) -> float:
+        return _majority(self.test)
+
+
+def _majority(split) -> float:
+    labels = list(split["label"])
+    return max(labels.count(c) for c in set(labels)) / len(labels)
 
 
 # ---- packaged BIG-bench tasks --------------------------------------------------------------------------
@@ -128,22 +143,44 @@ def load_task(config: TaskConfig) -> TaskData:
 
     datasets.disable_progress_bars()  # selfd prints its own progress
     source_key, build = _task_source(config)
-    key = content_hash(source_key, config.validation_fraction, config.split_seed)
-    record, train, validation, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
-    return TaskData(config.name, tuple(record["label_names"]), train, validation, fingerprint)
+    key = content_hash(source_key, config.validation_fraction, config.test_fraction, config.split_seed)
+    record, splits, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
+    return TaskData(config.name, tuple(record["label_names"]), *splits, fingerprint)
 
 
 def prepared_splits(folder: Path, config: TaskConfig):
-    """(split record, train, validation, fingerprint) of a prepared task folder, cut to the configured subsets."""
+    """(split record, (train, validation, test), fingerprint) of a prepared task folder, each split cut to its
+    configured subset (a seeded random one)."""
     import datasets
 
     record = json.loads((folder / "split.json").read_text())
-    train, validation = (datasets.load_from_disk(str(folder / split)) for split in ("train", "validation"))
-    if config.train_subset and config.train_subset < len(train):
-        train = train.shuffle(seed=config.split_seed).select(range(config.train_subset))
-    if config.validation_subset and config.validation_subset < len(validation):
-        validation = validation.shuffle(seed=config.split_seed).select(range(config.validation_subset))
-    return record, train, validation, content_hash(record["fingerprint"], config.train_subset, config.validation_subset)
+    test_subset = config.test_subset if config.test_subset is not None else config.validation_subset
+    subsets = (config.train_subset, config.validation_subset, test_subset)
+    splits = []
+    for name, subset in zip(SPLITS, subsets):
+        split = datasets.load_from_disk(str(folder / name))
+        if subset and subset < len(split):
+            split = split.shuffle(seed=config.split_seed).select(range(subset))
+        splits.append(split)
+    return record, tuple(splits), content_hash(record["fingerprint"], *subsets)
+
+
+def carve_splits(config: TaskConfig, given: dict, stratify: str | None) -> tuple[dict, dict]:
+    """(train / validation / test datasets, how each was made) from the splits a source ``given`` (train at
+    least): a missing test, then a missing validation, is carved from train, seeded by ``task.split_seed`` and
+    stratified by the ``stratify`` column. Fractions are of the examples of the source's train split."""
+    splits, made = dict(given), {name: "the source's own split" for name in given}
+    carve = [(name, fraction) for name, fraction in (("test", config.test_fraction),
+                                                    ("validation", config.validation_fraction))
+             if splits.get(name) is None]
+    left = 1.0
+    for name, fraction in carve:
+        parts = splits["train"].train_test_split(test_size=fraction / left, seed=config.split_seed,
+                                                 stratify_by_column=stratify)
+        splits["train"], splits[name] = parts["train"], parts["test"]
+        made[name] = f"carved from train: {fraction:g} of it, seed {config.split_seed}"
+        left -= fraction
+    return {name: splits[name] for name in SPLITS}, {name: made[name] for name in SPLITS}
 
 
 def _task_source(config: TaskConfig) -> tuple[object, Callable[[Path], None]]:
@@ -176,7 +213,7 @@ def _from_bigbench(task: BigBenchTask):
 
     examples = json.loads(bigbench_task_json(task.path).read_text())["examples"]
     rows = [row for row in map(task.convert, examples) if row is not None]
-    return Dataset.from_list(rows), None, task.label_names
+    return {"train": Dataset.from_list(rows)}, task.label_names
 
 
 def _from_known_hub(task: HubTask):
@@ -191,7 +228,8 @@ def _from_known_hub(task: HubTask):
                                       "label": int(row["label"])},
                          remove_columns=split.column_names)
 
-    return standard(splits["train"]), standard(splits[task.validation_split]), task.label_names
+    # the test labels of GLUE and SuperGLUE are hidden: their validation split is the test split
+    return {"train": standard(splits["train"]), "test": standard(splits[task.validation_split])}, task.label_names
 
 
 def _from_files(config: TaskConfig, files: dict[str, str]):
@@ -216,8 +254,8 @@ def _from_hub(config: TaskConfig):
     require_hub_asset(config.hub, repo_type="dataset", alternatives=DATA_ALTERNATIVES)
     splits = load_dataset(config.hub, config.hub_config)
     loaded = {"train": splits["train"]}
-    if "validation" in splits:
-        loaded["validation"] = splits["validation"]
+    if "validation" in splits:  # hub test splits often hide their labels: validation is the test split
+        loaded["test"] = splits["validation"]
     return _with_columns(config, loaded, source={split: config.hub for split in loaded})
 
 
@@ -239,7 +277,7 @@ def _with_columns(config: TaskConfig, loaded: dict, source: dict):
                                         "label": index(row[columns.label])},
                            remove_columns=dataset.column_names)
 
-    return standard(loaded["train"]), standard(loaded["validation"]) if "validation" in loaded else None, label_names
+    return {name: standard(dataset) for name, dataset in loaded.items()}, label_names
 
 
 def _label_index(declared: list[str] | None, values: list, source: str):
@@ -270,37 +308,31 @@ def _label_index(declared: list[str] | None, values: list, source: str):
     return tuple(names), index
 
 
-def _save(folder: Path, config: TaskConfig, train, validation, label_names: tuple[str, ...]) -> None:
+def _save(folder: Path, config: TaskConfig, given: dict, label_names: tuple[str, ...]) -> None:
     from datasets import ClassLabel
 
-    train = train.cast_column("label", ClassLabel(names=list(label_names)))
-    if validation is None:  # a seeded split, stratified so both sides keep the class balance
-        parts = train.train_test_split(test_size=config.validation_fraction, seed=config.split_seed,
-                                       stratify_by_column="label")
-        train, validation = parts["train"], parts["test"]
-        split = {"seed": config.split_seed, "validation_fraction": config.validation_fraction}
-    else:
-        validation = validation.cast_column("label", ClassLabel(names=list(label_names)))
-        split = {"source": "the data set's own validation split"}
-    columns = {"train": train.to_dict(), "validation": validation.to_dict()}
+    given = {name: split.cast_column("label", ClassLabel(names=list(label_names))) for name, split in given.items()}
+    splits, made = carve_splits(config, given, stratify="label")
+    columns = {name: split.to_dict() for name, split in splits.items()}
     digest = {name: content_hash(part["text"], part["text_pair"], part["label"]) for name, part in columns.items()}
     record = {
         "task": config.name,
         "label_names": list(label_names),
-        "split": split,
-        "sizes": {"train": len(train), "validation": len(validation)},
+        "split": {"seed": config.split_seed, "validation_fraction": config.validation_fraction,
+                  "test_fraction": config.test_fraction, "made": made},
+        "sizes": {name: len(split) for name, split in splits.items()},
         "label_counts": {name: [part["label"].count(c) for c in range(len(label_names))]
                          for name, part in columns.items()},
         "content_hash": digest,
         "fingerprint": content_hash(digest),
     }
-    train.save_to_disk(str(folder / "train"))
-    validation.save_to_disk(str(folder / "validation"))
+    for name, split in splits.items():
+        split.save_to_disk(str(folder / name))
     (folder / "split.json").write_text(json.dumps(record, indent=2))
 
 
 def tokenized_task(task: TaskData, tokenizer, tokenizer_id: str, max_length: int):
-    """(train, validation) token ids for this tokenizer and length, tokenized once and cached on disk."""
+    """(train, validation, test) token ids for this tokenizer and length, tokenized once and cached on disk."""
     from datasets import load_from_disk
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -312,7 +344,7 @@ def tokenized_task(task: TaskData, tokenizer, tokenizer_id: str, max_length: int
     key = content_hash(task.fingerprint, tokenizer_id, type(tokenizer).__name__, vocabulary, max_length)
 
     def tokenize(folder: Path) -> None:
-        for name, split in (("train", task.train), ("validation", task.validation)):
+        for name, split in zip(SPLITS, (task.train, task.validation, task.test)):
             rows = split.to_dict()
             pair = rows["text_pair"] if any(rows["text_pair"]) else None
             encoded = tokenizer(rows["text"], pair, truncation=True, max_length=max_length)
@@ -320,4 +352,4 @@ def tokenized_task(task: TaskData, tokenizer, tokenizer_id: str, max_length: int
             type(split).from_dict({**columns, "labels": rows["label"]}).save_to_disk(str(folder / name))
 
     folder = cached_entry(f"tokenized/{task.name}-{key}", tokenize)
-    return load_from_disk(str(folder / "train")), load_from_disk(str(folder / "validation"))
+    return tuple(load_from_disk(str(folder / name)) for name in SPLITS)

@@ -1,0 +1,108 @@
+"""Which configuration of each method a study compares, and the verdicts between them.
+
+Validation chooses (METHOD.md, "Evaluation protocol"): a trial's score is its test score at its best validation
+evaluation; a searched method's configuration is the setting its search found best on validation (the one the
+study re-ran over seeds, when it did), a baseline's its base settings. Test scores are read only here, after
+every choice was made. Each selection is one row per seed, so two methods pair on the seeds both ran.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from study import state as phases
+from study.spec import StudySpec
+from study.state import StudyState
+from study.verdicts import Scores, Verdict, compare
+from trainables.methods import Method
+
+CONTROLS = (Method.VANILLA_REPEAT, Method.VANILLA)  # what each searched method is judged against, in this order
+
+
+@dataclass(frozen=True)
+class Selection:
+    method: str
+    how: str  # how the configuration was chosen
+    setting: dict  # the searched values (empty: the base settings)
+    rows: pd.DataFrame  # the configuration's trials, one per seed
+
+    def test_scores(self, spec: StudySpec) -> dict[int, float]:
+        rows = self.rows[self.rows[spec.metric.test].notna()]
+        return dict(zip(rows.seed.astype(int), rows[spec.metric.test].astype(float)))
+
+    def summary(self, spec: StudySpec) -> dict:
+        """One row of the comparison table: cost (means over seeds) and the test score's statistics."""
+        rows = self.rows
+        return {"method": self.method, "how": self.how, "setting": setting_text(self.setting),
+                "steps": _mean(rows, "steps"), "samples": _mean(rows, "samples"),
+                "train_seconds": _mean(rows, "train_seconds"), "test": Scores.of(self.test_scores(spec).values())}
+
+
+def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[Selection]:
+    """Each baseline at its base settings, then each searched method at the setting validation chose."""
+    scored = table[table[spec.metric.best].notna()]
+    chosen = []
+    for method, rows in scored[scored.phase == phases.BASELINES.name].groupby("method", sort=False):
+        chosen.append(Selection(str(method), "base settings", {}, rows))
+    for method in spec.searched:
+        search = scored[scored.phase == phases.search(method).name]
+        reruns = scored[scored.phase == phases.rerun(method).name]
+        record = state.ended(phases.search(method))
+        setting = record.best if record and record.best else _best_on_validation(search, spec, method)
+        if setting is None:
+            continue
+        if len(reruns):
+            chosen.append(Selection(str(method), "best setting re-run", setting, reruns))
+        else:
+            rows = search[_matches(search, setting)]
+            chosen.append(Selection(str(method), "best setting on validation", setting, rows))
+    return chosen
+
+
+def verdicts(chosen: list[Selection], spec: StudySpec) -> list[Verdict]:
+    """Each searched method against ``vanilla_repeat`` and ``vanilla``, and ``dynamic`` against ``static``,
+    where the study ran both (paired test scores on shared seeds)."""
+    by_method = {selection.method: selection for selection in chosen}
+    pairs = [(method, control) for method in dict.fromkeys(map(str, spec.methods)) for control in CONTROLS
+             if method != control and control in by_method and method in by_method]
+    if Method.DYNAMIC in by_method and Method.STATIC in by_method:
+        pairs.append((Method.DYNAMIC, Method.STATIC))
+    return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode)
+            for a, b in pairs]
+
+
+def setting_text(values: dict) -> str:
+    return ", ".join(f"{label(name)}={value:g}" if isinstance(value, (int, float)) else f"{label(name)}={value}"
+                     for name, value in values.items())
+
+
+def label(field: str) -> str:
+    return {"distill.tau": "τ", "distill.alpha": "α", "training.learning_rate": "learning rate"}.get(field, field)
+
+
+def _best_on_validation(search: pd.DataFrame, spec: StudySpec, method: str) -> dict | None:
+    """The searched values whose trials have the best mean validation score (a study without a recorded choice)."""
+    names = list(spec.space_for(method))
+    if search.empty:
+        return None
+    means = search.groupby(names)[spec.metric.best].mean()
+    best = means.idxmax() if spec.mode == "max" else means.idxmin()
+    return dict(zip(names, best if isinstance(best, tuple) else (best,)))
+
+
+def _matches(rows: pd.DataFrame, setting: dict) -> pd.Series:
+    keep = pd.Series(True, index=rows.index)
+    for name, value in setting.items():
+        column = rows[name]
+        if isinstance(value, (int, float)):
+            keep &= column.map(lambda v, value=value: isinstance(v, (int, float)) and math.isclose(v, value))
+        else:
+            keep &= column == value
+    return keep
+
+
+def _mean(rows: pd.DataFrame, column: str) -> float:
+    return float(rows[column].mean()) if column in rows and rows[column].notna().any() else math.nan
