@@ -36,6 +36,7 @@ from trainables.mlflow_run import PHASE_TAG  # noqa: E402
 REFERENCE_METHODS = ("vanilla", "dynamic")
 FIGURE_FOLDERS = ("heatmaps", "trials", "grad_norms", "dynamics", "importance")
 DYNAMICS_TRIALS = 6  # α/τ traces drawn, at most: more lines are unreadable
+PARALLEL_MIN_TRIALS = 3  # fewer lines show no pattern
 
 
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
@@ -177,7 +178,7 @@ def parallel_coordinates(table: pd.DataFrame, spec: StudySpec, folder: Path) -> 
     """Every trial as one line across its searched fields to its test score (coloured by it), per method."""
     rows = table[table[spec.metric.test].notna()]
     names = [name for name in spec.search.space if pd.api.types.is_numeric_dtype(rows[name])]
-    if rows.empty or not names:
+    if len(rows) < PARALLEL_MIN_TRIALS or not names:
         return []
     axes_names = [*names, spec.metric.test]
     figure, axes = plt.subplots(figsize=(2.2 * len(axes_names) + 2, 4.2))

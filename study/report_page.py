@@ -65,7 +65,7 @@ def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], jud
         "heatmaps": _figures(out / "heatmaps", CAPTIONS["heatmaps"].format(**names),
                              "No heatmap: heatmaps are drawn for grid searches over two fields."),
         "parallel": _figures(out / "trials", CAPTIONS["parallel"].format(**names),
-                             "No trial has a test score and a numeric searched field yet."),
+                             "Drawn for three or more scored trials over a numeric searched field."),
         "grad-norms": _figures(out / "grad_norms", CAPTIONS["grad-norms"],
                                "No gradient norms: the study ran no vanilla or DynSDPB trial, or "
                                "training.grad_norm_every was 0."),
@@ -106,7 +106,7 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
     ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     best = "".join(f"<li>{_e(line)}</li>" for line in headlines)
-    return f"<table>{rows}</table>" + (f"<p>Best cells:</p><ul>{best}</ul>" if best else "")
+    return f"<table>{rows}</table>" + (f"<p>Cells chosen on validation:</p><ul>{best}</ul>" if best else "")
 
 
 def _verdicts(judged: list, spec) -> str:

@@ -26,7 +26,8 @@ from study.report_page import SECTIONS
 from test_study import TINY
 
 BIN = Path(sys.executable).parent
-SMALL = {**TINY, "seeds": [0], "task": {**TINY["task"], "train_subset": 32}, "training": {**TINY["training"], "epochs": 1},
+SMALL = {**TINY, "seeds": [0], "baselines": ["vanilla", "dynamic"], "task": {**TINY["task"], "train_subset": 32},
+         "training": {**TINY["training"], "epochs": 1},
          "search": {"algorithm": "grid", "space": {"distill.tau": {"values": [1.0, 3.0]},
                                                    "distill.alpha": {"values": [1.0]}}}}
 # Distinctive values for every secret a study's environment can hold; none may appear in anything recorded.
@@ -105,7 +106,8 @@ def test_browser_shows_the_parent_run_its_trials_heatmap_and_report(served_study
     assert width > 300 and height > 200 and seen["heatmap"]["colors"] > 100  # a drawn heatmap, not a broken image
     assert seen["report"]["title"] == "Study served"
     assert seen["report"]["sections"] == list(SECTIONS.values())
-    assert seen["report"]["images"] == 3  # heatmap, gradient norms, DynSDPB α/τ (no importance for a grid)
+    # heatmap, parallel coordinates, gradient norms, DynSDPB α/τ (no importance for a grid)
+    assert seen["report"]["images"] == 4
     for name in ("run.png", "heatmap.png", "report.png", "report_page.png"):
         assert colors(study_dir / "screenshots" / name) > 50, name
     page = (study_dir / "report" / "index.html").read_text()
