@@ -158,9 +158,9 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
     bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
     axes.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
-    words = "; ".join(f"vs {v.control}: {v.word}" + ("" if v.word == "no verdict" else
+    words = "\n".join(f"vs {v.control}: {v.word}" + ("" if v.word == "no verdict" else
                                                      f" [{v.low:+.3f}, {v.high:+.3f}]") for v in mine)
-    axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · test {spec.metric.test}, seeds {seeds}\n"
+    axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · {spec.metric.test}, seeds {seeds}\n"
                    f"chosen on validation (boxed): {label(x)}={best['x']:g}, {label(y)}={best['y']:g}"
                    + (f"\n{words}" if words else ""), fontsize=9)
     figure.tight_layout()
@@ -318,11 +318,11 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
 def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], comparison: list[dict],
             heatmaps: list[dict], traces: list[str], importance: dict) -> str:
     lines = [f"# Study {spec.name}", "", spec.description, "", "## Verdicts", "",
-             f"Paired differences of the test {spec.metric.test} over shared seeds (same seed, same initialisation "
+             f"Paired differences of {spec.metric.test} over shared seeds (same seed, same initialisation "
              "and data order), 95 % t-interval, paired t-test; every configuration was chosen on validation.", ""]
     lines += [f"- {verdict.text()}" for verdict in judged] or ["- nothing to compare: no two methods ran"]
     lines += ["", "## Methods compared", "",
-              f"| method | chosen by | setting | optimizer steps | samples | training s | test {spec.metric.test} "
+              f"| method | chosen by | setting | optimizer steps | samples | training s | {spec.metric.test} "
               "(mean ± std [95 % CI], seeds) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {row['method']} | {row['how']} | {row['setting'] or '—'} | {row['steps']:.0f} | "
               f"{row['samples']:.0f} | {row['train_seconds']:.0f} | {row['test'].text(4)} |" for row in comparison]

@@ -41,10 +41,10 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }
 """
 
 CAPTIONS = {
-    "heatmaps": "Each cell is the test {test} of that setting's trials (each at its best validation evaluation), "
+    "heatmaps": "Each cell is the {test} of that setting's trials (each at its best validation evaluation), "
                 "mean ± standard deviation over the seeds; the red box marks the cell validation chose (best mean "
                 "validation {metric}), which need not be the best test cell. The title gives its verdicts.",
-    "parallel": "One line per trial from its searched values to its test {test} at its best validation evaluation; "
+    "parallel": "One line per trial from its searched values to its {test} at its best validation evaluation; "
                 "colour follows the test score, dotted lines are baselines.",
     "grad-norms": "Mean absolute gradient of each layer at every probed optimizer step, for a vanilla trial and "
                   "a DynSDPB trial (log scale; the DynSDPB paper's Figures 2, 4 and 5).",
@@ -120,7 +120,7 @@ def _verdicts(judged: list, spec) -> str:
         + f'<td class="num">{len(v.seeds)}</td></tr>' for v in judged)
     head = ["comparison", "verdict", "difference", "95 % CI", "p (paired t)", "detectable", "seeds"]
     return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
-            f'<p class="muted">Difference: mean over shared seeds of the test {_e(spec.metric.test)} of the first '
+            f'<p class="muted">Difference: mean over shared seeds of {_e(spec.metric.test)} of the first '
             "method minus the second's. The verdict follows the interval: better or worse when it excludes 0, not "
             "distinguishable when it spans 0, none below 3 seeds. Detectable: the smallest difference these seeds "
             "could tell from 0 at their observed spread (the interval's half-width): ask for more seeds to see "
@@ -131,7 +131,7 @@ def _comparison(rows: list[dict], spec) -> str:
     if not rows:
         return "<p>No finished trial to compare.</p>"
     head = ["method", "chosen by", "setting", "optimizer steps", "samples", "training s",
-            f"test {spec.metric.test}: mean ± std", "95 % CI", "seeds"]
+            f"{spec.metric.test}: mean ± std", "95 % CI", "seeds"]
     lines = []
     for row in rows:
         test = row["test"]
