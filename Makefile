@@ -38,7 +38,7 @@ browser:
 	fi
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 # The two CPU Figure 3 sweeps, each photographed in the MLflow UI (headless Chromium), then where to look.
 demo: install

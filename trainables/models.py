@@ -50,6 +50,16 @@ def resolve_model(name: str) -> str:
         model = MODEL_ALIASES[name]
         build = _packaged_model_folder if isinstance(model, PackagedModel) else _converted_gguf_folder
         return str(build(model, name))
+    folder = local_model_folder(name)
+    if folder is not None:
+        return folder
+    require_hub_asset(name, repo_type="model", alternatives=ALTERNATIVES)
+    return name
+
+
+def local_model_folder(name: str) -> str | None:
+    """The local model folder ``name`` names, checked (offline); None for a name that is not a path (an alias or a
+    hub id). AssetError for a folder without config.json and for a path that does not exist."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -57,8 +67,7 @@ def resolve_model(name: str) -> str:
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise AssetError(f"model folder {name} does not exist; {ALTERNATIVES}")
-    require_hub_asset(name, repo_type="model", alternatives=ALTERNATIVES)
-    return name
+    return None
 
 
 def _packaged_model_folder(model: PackagedModel, alias: str) -> Path:

@@ -9,12 +9,11 @@ and combinations the recipe refuses. Hub ids (models and data sets) are left to 
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 
 from trainables.errors import AssetError, ConfigError
 from trainables.generation_tasks import GENERATION_TASKS
 from trainables.metrics import Metric
-from trainables.models import ALTERNATIVES, MODEL_ALIASES
+from trainables.models import ALTERNATIVES, MODEL_ALIASES, local_model_folder
 from trainables.tasks import BIGBENCH_TASKS, KNOWN_TASKS, load_task
 
 
@@ -54,13 +53,8 @@ def check_offline(config) -> None:
     if task.files is not None:
         load_task(task)  # local files: existence, format, columns and label values; prepared once and cached
     name = config.model.name
-    if name not in MODEL_ALIASES:
-        path = Path(name).expanduser()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise AssetError(f"model folder {path} has no config.json; {ALTERNATIVES}")
-        elif name.startswith((".", "/", "~")) or name.count("/") != 1:
-            raise AssetError(f"unknown model {name!r}: {ALTERNATIVES}, or a hub id (organisation/name)")
+    if name not in MODEL_ALIASES and local_model_folder(name) is None and name.count("/") != 1:
+        raise AssetError(f"unknown model {name!r}: {ALTERNATIVES}, or a hub id (organisation/name)")
     labels = BIGBENCH_TASKS[task.name].label_names if task.name in BIGBENCH_TASKS and task.files is None \
         and task.hub is None else None
     if labels and config.model.num_labels and config.model.num_labels != len(labels):
