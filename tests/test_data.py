@@ -56,6 +56,16 @@ def test_epistemic_reasoning_and_multiemo_are_rte_and_sst2_like():
     assert not any(sst.train.to_dict()["text_pair"])
 
 
+def test_fever_is_a_closed_book_boolq_like_task_of_claims():
+    task = load_task(TaskConfig(name="fever"))
+    assert task.label_names == ("false", "true")
+    assert len(task.train) + len(task.validation) + len(task.test) == 6612
+    rows = task.train.to_dict()
+    assert not any(rows["text_pair"])  # no passage: the claim alone
+    assert not any("claim was made" in t or "Q:" in t for t in rows["text"])  # the template is stripped
+    assert 0.45 < sum(rows["label"]) / len(rows["label"]) < 0.55
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_local_files_with_a_column_mapping(tmp_path, nli_jsonl, suffix):
     from datasets import Dataset

@@ -67,6 +67,12 @@ def _epistemic_reasoning(example: dict) -> dict | None:
     return {"text": premise, "text_pair": hypothesis, "label": int(scores["non-entailment"] == 1)}
 
 
+def _fever(example: dict) -> dict | None:
+    # "On June 2017, the following claim was made: <claim>\nQ: Was this claim true or false?": the claim alone
+    claim = example["input"].removeprefix("On June 2017, the following claim was made: ").partition("\nQ:")[0]
+    return {"text": claim.strip(), "text_pair": "", "label": int(example["target_scores"]["true"] == 1)}
+
+
 def _multiemo(example: dict) -> dict | None:
     scores = example["target_scores"]
     if not (scores["positive"] or scores["negative"]):
@@ -87,6 +93,7 @@ BIGBENCH_TASKS = {
     "epistemic_reasoning": BigBenchTask("epistemic_reasoning", ("entailment", "non-entailment"),
                                         _epistemic_reasoning, "RTE"),
     "multiemo": BigBenchTask("multiemo/all_text_en", ("negative", "positive"), _multiemo, "SST-2"),
+    "fever": BigBenchTask("fact_checker/fever", ("false", "true"), _fever, "BoolQ"),
 }
 
 
