@@ -86,6 +86,11 @@ def test_reporter_gets_loss_parts_alpha_tau_grad_norms_and_epochs():
     assert all(-12 < v < 2 for v in norms[3].values())
     assert [e for e, _ in reporter.epochs] == [1, 2]
     assert {"val_accuracy", "val_macro_f1", "val_loss", "best_val_accuracy"} <= set(reporter.epochs[-1][1])
+    # where the time went: cumulative seconds per part, which the whole run's seconds hold
+    first, last = reporter.epochs[0][1], reporter.epochs[-1][1]
+    assert 0 < first["eval_seconds"] < last["eval_seconds"] and 0 < first["train_seconds"] < last["train_seconds"]
+    assert first["setup_seconds"] == last["setup_seconds"] > 0 and round(last["setup_seconds"], 2) == summary["setup_seconds"]
+    assert last["setup_seconds"] + last["train_seconds"] + last["eval_seconds"] <= last["seconds"]
 
 
 def test_same_seed_same_run_other_seed_other_run():

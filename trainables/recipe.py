@@ -16,9 +16,10 @@ Supports:
   for decoder-only models (``model.lora``);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
-  steps the per-layer log10 mean |grad|; every epoch the validation and test scores, the optimizer steps,
-  samples and training seconds so far, and a function that saves a checkpoint. The run's best epoch is chosen
-  on validation; its test scores are reported beside it and choose nothing;
+  steps the per-layer log10 mean |grad|; every epoch the validation and test scores, the optimizer steps and
+  samples so far, the seconds spent in training steps, evaluation and setup, and a function that saves a
+  checkpoint. The run's best epoch is chosen on validation; its test scores are reported beside it and choose
+  nothing;
 - exact resumption from a checkpoint: weights, optimizer, schedule, data order, CPU and CUDA random states and
   the teachers.
 Refused at setup, with what to change: ``model.lora`` on a classification task; an odd ``batch_size`` for a DLB
@@ -92,9 +93,11 @@ class FineTuneRecipe:
         self.score = self.objective.scores[0]  # chooses the run's best evaluation
         self.step, self.epoch, self.teacher_ids, self.teachers = 0, 0, None, None
         self.samples, self.train_seconds = 0, 0.0  # rows trained on (revisited ones count again), time in steps
+        self.eval_seconds = 0.0
         self.best = {self.score: self.score.worst}
         if resume_from is not None:
             self._load_checkpoint(Path(resume_from) / CHECKPOINT_FILE)
+        self.setup_seconds = time.perf_counter() - self.started  # data, model, optimizer, checkpoint: this process
 
     def train(self, reporter: Reporter | None = None) -> dict:
         """Train the remaining epochs; returns a summary (best validation scores, steps, seconds, …)."""
@@ -120,9 +123,12 @@ class FineTuneRecipe:
                 report_step(reporter, window, self.step, self.total_steps, self.epoch, training.log_every,
                             self.scheduler, grad_norms)
 
-            self.train_seconds += time.perf_counter() - epoch_started
+            evaluation_started = time.perf_counter()
+            self.train_seconds += evaluation_started - epoch_started
             metrics = {str(name): value for name, value in objective.evaluate(model).items()}
+            self.eval_seconds += time.perf_counter() - evaluation_started
             metrics |= {"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
+                        "eval_seconds": self.eval_seconds, "setup_seconds": self.setup_seconds,
                         "seconds": time.perf_counter() - self.started}
             if self.score.better(metrics[self.score], self.best[self.score]):
                 self.best = {**metrics, "epoch": self.epoch}
@@ -136,7 +142,7 @@ class FineTuneRecipe:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
             "step": self.step, "epoch": self.epoch, "best": {str(k): v for k, v in self.best.items()},
-            "samples": self.samples, "train_seconds": self.train_seconds,
+            "samples": self.samples, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
             "teacher_ids": self.teacher_ids, "teachers": vars(self.teachers) if self.teachers is not None else None,
         }
         Path(folder).mkdir(parents=True, exist_ok=True)
@@ -153,6 +159,7 @@ class FineTuneRecipe:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
         self.samples, self.train_seconds = state["samples"], state["train_seconds"]
+        self.eval_seconds = state.get("eval_seconds", 0.0)
         if state["teachers"] is not None:
             self.teacher_ids, self.teachers = state["teacher_ids"], self.objective.teachers_type(**state["teachers"])
 
@@ -170,6 +177,8 @@ class FineTuneRecipe:
             "steps": self.step,
             "samples": self.samples,
             "train_seconds": round(self.train_seconds, 2),
+            "eval_seconds": round(self.eval_seconds, 2),
+            "setup_seconds": round(self.setup_seconds, 2),
             "train_size": self.objective.train_size,
             "validation_size": self.objective.validation_size,
             "device": str(self.device),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from contextlib import nullcontext
 
 import ray
@@ -22,20 +23,28 @@ from trainables.schema import flatten
 
 
 class TuneReporter(Reporter):
-    """Per logging step: metrics to MLflow. Per epoch: metrics to MLflow and to Tune, with a checkpoint."""
+    """Per logging step: metrics to MLflow. Per epoch: metrics to MLflow and to Tune, with a checkpoint, and the
+    seconds spent so far on MLflow (``log_seconds``, the run's creation included) and checkpoints."""
 
-    def __init__(self, run: TrialRun) -> None:
+    def __init__(self, run: TrialRun, log_seconds: float = 0.0) -> None:
         self.run = run
+        self.log_seconds, self.checkpoint_seconds = log_seconds, 0.0
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        self.run.log(metrics, step)
+        self.run.log(metrics, step)  # buffered: sent with the epoch's metrics
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint) -> None:
+        started = time.perf_counter()
         self.run.log(metrics, epoch)
         self.run.flush()
+        saving = time.perf_counter()
+        self.log_seconds += saving - started
         with tempfile.TemporaryDirectory(prefix="selfd-checkpoint-") as folder:
             save_checkpoint(folder)
-            tune.report({**metrics, "epoch": epoch}, checkpoint=tune.Checkpoint.from_directory(folder))
+            self.checkpoint_seconds += time.perf_counter() - saving
+            tune.report({**metrics, "epoch": epoch, "log_seconds": self.log_seconds,
+                         "checkpoint_seconds": self.checkpoint_seconds},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: TrialTracking) -> None:
@@ -47,17 +56,19 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: TrialTracki
     run_config = parse_config(base_runs[method], values={**values, "training.cpus": max(1, round(cpus))})
 
     context = tune.get_context()
+    creating = time.perf_counter()
     params = flatten(run_config.model_dump(mode="json"))
     run = TrialRun(tracking.tracking_uri, tracking.experiment_id, tracking.parent_run_id,
                    context.get_trial_id(), context.get_trial_name(), params,
                    tags={PHASE_TAG: tracking.phase, METHOD_TAG: method,
                          "selfd.node_id": ray.get_runtime_context().get_node_id()},
                    unsent_dir=tracking.unsent_dir)
+    log_seconds = time.perf_counter() - creating
     checkpoint = tune.get_checkpoint()  # set when the trial is retried or the study resumed
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext() as folder:
             recipe = FineTuneRecipe(run_config)
             recipe.setup(resume_from=folder)
-            recipe.train(TuneReporter(run))
+            recipe.train(TuneReporter(run, log_seconds))
     finally:
         run.flush()
