@@ -9,8 +9,11 @@ each through ``selfd run`` exactly as a user runs it, then reads each study's ``
 - study overhead: the study's wall time ÷ (trial seconds ÷ max_concurrent_trials), 1.0 being a study that
   only trains.
 
+ASHA decides at evaluations, and trials evaluate once per epoch: a spec that trains one epoch (as
+fig3_rte_cpu.yaml does) leaves ASHA nothing to decide, so both studies here train ``--epochs`` (default 2).
+
     python benchmarks/study_efficiency.py --json                 # on search_spaces/fig3_rte_cpu.yaml
-    python benchmarks/study_efficiency.py --spec S.yaml --samples 10 --json
+    python benchmarks/study_efficiency.py --spec S.yaml --samples 10 --epochs 3 --json
 """
 
 from __future__ import annotations
@@ -61,17 +64,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="TPE trials (default 8)")
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA epochs before stopping (default 1)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs of every trial (default 2)")
     parser.add_argument("--study-root", type=Path, help="keep both studies here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
-    spec = load_spec(args.spec)  # the spec's defaults, checked, as `selfd run` reads them
+    epochs = [f"training.epochs={args.epochs}"]
+    spec = load_spec(args.spec, epochs)  # the spec's defaults, checked, as `selfd run` reads them
     metric, concurrency, seed = spec.metric, spec.max_concurrent_trials, spec.seeds[0]
     with tempfile.TemporaryDirectory(prefix="selfd-efficiency-") as scratch:
         root = args.study_root or Path(scratch)
         studies = {
-            "grid": [],
-            "tpe_asha": ["search.algorithm=tpe", f"search.num_samples={args.samples}", "scheduler.type=asha",
+            "grid": epochs,
+            "tpe_asha": [*epochs, "search.algorithm=tpe", f"search.num_samples={args.samples}", "scheduler.type=asha",
                          f"scheduler.grace_period={args.grace_period}",
                          f"scheduler.reduction_factor={args.reduction_factor}"],
         }
@@ -93,6 +98,7 @@ def main() -> None:
         "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT) else args.spec),
         "metric": metric,
         "max_concurrent_trials": concurrency,
+        "epochs": args.epochs,
         "tpe_asha": {"samples": args.samples, "grace_period": args.grace_period,
                      "reduction_factor": args.reduction_factor, "seed": seed},
         "results": results,

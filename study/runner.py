@@ -27,8 +27,9 @@ from pathlib import Path
 import yaml
 
 from study import state as phases
+from study.progress import StudyProgress
 from study.spec import StudySpec
-from study.state import STUDY_FILE, Phase, PhaseRecord, StudyState
+from study.state import STUDY_FILE, Phase, PhaseKind, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
 from trainables.errors import ConfigError
 from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries
@@ -111,17 +112,19 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri)
+    progress = StudyProgress(sum(phase_trials(spec, phase) for phase in planned_phases(spec)), spec.metric)
     try:
         if spec.fixed_baselines:
-            _phase(spec, study_dir, tracking, phases.BASELINES, _fixed(spec.fixed_baselines, spec.seeds))
+            _phase(spec, study_dir, tracking, progress, phases.BASELINES, _fixed(spec.fixed_baselines, spec.seeds))
         best = {}
         for method, (search_alg, samples) in _searches(spec).items():
-            best[method] = _phase(spec, study_dir, tracking, phases.search(method), {}, search_alg, samples).best
+            best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search_alg,
+                                  samples).best
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
                     rerun = _fixed([method], spec.rerun_best.seeds, setting)
-                    _phase(spec, study_dir, tracking, phases.rerun(method), rerun)
+                    _phase(spec, study_dir, tracking, progress, phases.rerun(method), rerun)
     except BaseException:
         with contextlib.suppress(*TRACKING_ERRORS):
             client.set_terminated(tracking.parent_run_id, "KILLED")
@@ -152,13 +155,30 @@ def end_parent(state: StudyState) -> None:
     client.set_terminated(state.tracking.parent_run_id, "FINISHED")
 
 
-def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, param_space: dict,
-           search_alg=None, num_samples: int = 1) -> PhaseRecord:
+def planned_phases(spec: StudySpec) -> list[Phase]:
+    """The phases a run of ``spec`` goes through (a re-run phase only happens where its search found a setting)."""
+    return ([phases.BASELINES] if spec.fixed_baselines else []) + [phases.search(m) for m in spec.searched] + \
+        ([phases.rerun(m) for m in spec.searched] if spec.rerun_best else [])
+
+
+def phase_trials(spec: StudySpec, phase: Phase) -> int:
+    if phase.kind is PhaseKind.BASELINES:
+        return len(spec.fixed_baselines) * len(spec.seeds)
+    if phase.kind is PhaseKind.RERUN:
+        return len(spec.rerun_best.seeds)
+    return spec.grid_size(phase.method) if spec.search.algorithm == "grid" else spec.search.num_samples
+
+
+def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
+           param_space: dict, search_alg=None, num_samples: int = 1) -> PhaseRecord:
     """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
     ended = StudyState.read(study_dir).ended(phase)
     if ended is not None:
+        progress.start_phase(phase.name, progress.before_phase + phase_trials(spec, phase))
         return ended
-    results = _fit(spec, study_dir, tracking, phase, param_space, search_alg, num_samples)
+    progress.start_phase(phase.name, progress.before_phase)
+    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search_alg, num_samples)
+    progress.start_phase(phase.name, progress.before_phase + len(results))
     best = best_setting(results, spec, phase.method) if search_alg else None
     record = PhaseRecord(results.num_errors, best)
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
@@ -244,8 +264,8 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
             **(setting or {})}
 
 
-def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, param_space: dict,
-         search_alg=None, num_samples: int = 1):
+def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
+         param_space: dict, search_alg=None, num_samples: int = 1):
     """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -278,7 +298,8 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, phase: Phase, par
             name=phase.name, storage_path=str(study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrialStatus(tracking, spec.training.epochs, study_dir)], verbose=1),
+            # Tune's own trial tables are left out (verbose=0): `progress` prints a line per ended trial
+            callbacks=[TrialStatus(tracking, spec.training.epochs, study_dir), progress], verbose=0),
     )
     return tuner.fit()
 

@@ -139,11 +139,16 @@ class TrialStatus(tune.Callback):
         self.ended.append(trial.path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # the driver's copy of the error file is written before this callback; the storage copy may lag
-        error_file = Path(trial.error_file) if trial.error_file else None
-        text = error_file.read_text() if error_file and error_file.is_file() else str(trial.get_error() or "")
-        reason = [line.strip() for line in text.splitlines() if line.strip()]
-        self._end(trial, "FAILED", {"selfd.failure": reason[-1][:500] if reason else "unknown error"})
+        self._end(trial, "FAILED", {"selfd.failure": failure_reason(trial)[:500]})
+
+
+def failure_reason(trial) -> str:
+    """The last line of a failed trial's error."""
+    # the driver's copy of the error file is written before the error callbacks; the storage copy may lag
+    error_file = Path(trial.error_file) if trial.error_file else None
+    text = error_file.read_text() if error_file and error_file.is_file() else str(trial.get_error() or "")
+    reason = [line.strip() for line in text.splitlines() if line.strip()]
+    return reason[-1] if reason else "unknown error"
 
 
 def unsent_trials(study_dir: Path) -> list[Path]:

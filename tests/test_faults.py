@@ -3,6 +3,7 @@ backfilled later with `selfd report --sync`)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,11 @@ def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
             "max_concurrent_trials": 1, "mlflow": {"tracking_uri": uri}}
     study_dir = tmp_path / "study"
     server = start_mlflow_server(tmp_path, port)
+    # no retries: each call to the stopped server fails at once instead of after MLflow's backoff (~15 s a call
+    # under selfd's bounded retries), which is what this test waited for most of its time
     driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     try:
         client = MlflowClient(uri)
 

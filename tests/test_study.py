@@ -185,7 +185,7 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
         urllib.request.urlopen(f"{base}/health", timeout=5)
 
 
-def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_ray, tmp_path):
+def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_ray, tmp_path, capsys):
     spec = {**TINY, "name": "rerun", "methods": ["dynamic", "static"], "baselines": ["vanilla_repeat"],
             "tune_baselines": True, "seeds": [0], "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]},
@@ -193,6 +193,11 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
             "rerun_best": {"seeds": [0, 1]}}
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    # progress: a line per ended trial, counted against every phase's trials, with the time left from the 2nd on
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
+    assert [int(re.match(r"progress: (\d+)/11 trials", line).group(1)) for line in progress] == list(range(1, 12))
+    assert all("about" in line and "left" in line for line in progress[:-1]) and progress[-1].endswith("done")
+    assert sum("rerun-static: method=static" in line and "best_val_accuracy 0." in line for line in progress) == 2
     _, _, _, children = study_runs(study_dir)
     phases = sorted(c.data.tags["selfd.phase"] for c in children)
     assert phases == (["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["rerun-vanilla_repeat"] * 2
@@ -213,13 +218,16 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
         assert row and re.fullmatch(r"α=(0\.5|1), learning rate=0\.0001", row.group(1)), (method, row and row.group(1))
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path):
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path, capsys):
     spec = {**TINY, "name": "diverge", "baselines": [], "seeds": [0],
             "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0, "max_grad_norm": None},
             "search": {"algorithm": "grid", "space": {"training.learning_rate": {"values": [1e-4, 1e4]}}},
             "failure": {"max_retries": 1}}
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
+    assert len(progress) == 2 and any("learning_rate=10000.0: failed: " in line and "loss became" in line
+                                      for line in progress), progress
     analysis = ExperimentAnalysis(str(study_dir / "tune" / "search-static"))
     trials = {t.config["training.learning_rate"]: t for t in analysis.trials}
     assert trials[1e4].status == "ERROR" and trials[1e4].run_metadata.num_failures == 2  # retried once, per the policy
