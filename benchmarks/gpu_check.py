@@ -14,11 +14,18 @@ Every variant runs in its own process (its own peak memory); a step is timed fro
 after ``--warmup`` steps (the log call reads the loss, so the GPU has finished the step), median of ``--steps``.
 No weights travel: each model is built from its configuration and saved as a local folder that the recipe
 loads by path, with a tokenizer of the selfd cache (MiniLM's for the classifier, SmolLM2's for the decoders;
-token ids stay below every shape's vocabulary). Data comes from the selfd cache too (``SELFD_CACHE``):
-``benchmarks/gpu_bundle.sh`` prepares what a machine without network needs (wheels, tokenizers, splits).
+token ids stay below every shape's vocabulary). Data comes from the selfd cache too (``SELFD_CACHE``).
+
+For a GPU machine without network, ``--bundle DIR`` gathers here what it lacks: wheels of the packages the
+recipe needs beyond torch and transformers (for CPython 3.12), the two tokenizers and the prepared splits, as a
+selfd cache. There (DIR inside the repository, named in the device's ``carry``):
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site DIR/wheels/*.whl
+    PYTHONPATH=/tmp/site:. SELFD_CACHE=DIR/cache HF_HUB_OFFLINE=1 python3 benchmarks/gpu_check.py --json
 
     python benchmarks/gpu_check.py --json              # one GPU: about 6 minutes on an H100
     python benchmarks/gpu_check.py --smoke --json      # tiny shapes on the CPU (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --bundle .gpu       # what a GPU machine without network needs
 """
 
 from __future__ import annotations
@@ -107,7 +114,7 @@ def run_config(shape_folder: Path, shape: str, method: str, storage: str, batch_
         "distill": {"teacher_storage": storage, "topk": 64}})
 
 
-def measure(shape_folder: Path, shape: str, method: str, storage: str, batch_size: int, max_length: int,
+def measure(folder: Path, shape: str, method: str, storage: str, batch_size: int, max_length: int,
             steps: int, warmup: int, device: str, barrier: tuple[Path, int] | None = None) -> dict:
     """One variant through the real recipe; with ``barrier`` (folder, processes), timing starts once every
     process sharing the GPU has warmed up."""
@@ -132,7 +139,7 @@ def measure(shape_folder: Path, shape: str, method: str, storage: str, batch_siz
         def log_epoch(self, epoch, metrics, save_checkpoint=None):
             pass
 
-    config = run_config(shape_folder, shape, method, storage, batch_size, max_length, steps + warmup + 1, device)
+    config = run_config(folder, shape, method, storage, batch_size, max_length, steps + warmup + 1, device)
     summary = fine_tune(config, StepClock())
     durations = [b - a for a, b in zip(times, times[1:])][warmup - 1:warmup - 1 + steps]
     result = {"seconds_per_step": round(statistics.median(durations), 4), "steps_timed": len(durations),
@@ -146,10 +153,14 @@ def measure(shape_folder: Path, shape: str, method: str, storage: str, batch_siz
 
 def child(args, shape: str, method: str, storage: str = "full", batch_size: int = 16, max_length: int = 256,
           barrier: tuple[Path, int] | None = None, wait: bool = True):
-    command = [sys.executable, __file__, "--child", json.dumps({
-        "folder": str(args.models / shape), "shape": shape, "method": method, "storage": storage,
-        "batch_size": batch_size, "max_length": max_length, "steps": args.steps, "warmup": args.warmup,
-        "device": args.device, "barrier": [str(barrier[0]), barrier[1]] if barrier else None})]
+    """One variant in its own process (its own peak memory); ``--smoke`` runs it in this one, but for sharing."""
+    task = {"folder": str(args.models / shape), "shape": shape, "method": method, "storage": storage,
+            "batch_size": batch_size, "max_length": max_length, "steps": args.steps, "warmup": args.warmup,
+            "device": args.device}
+    if args.smoke and barrier is None:
+        return measure(**{**task, "folder": Path(task["folder"])})
+    command = [sys.executable, __file__, "--child", json.dumps(
+        {**task, "barrier": [str(barrier[0]), barrier[1]] if barrier else None})]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return finish(process, f"{shape} {method} {storage}") if wait else process
 
@@ -182,7 +193,7 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     from trainables.methods import METHODS as RULES
 
     best = max(shared, key=lambda s: s["aggregate_steps_per_second"])
-    speedup = best["aggregate_steps_per_second"] * shared[0]["seconds_per_step_each"][0]
+    speedup = best["aggregate_steps_per_second"] * classifier["static"]["seconds_per_step"]  # over one trial alone
     estimates = {}
     for name in SPECS:
         spec = load_spec(ROOT / "search_spaces" / name)
@@ -215,20 +226,65 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     return estimates
 
 
+# what the recipe imports beyond the GPU image's packages (torch, transformers, pyarrow, filelock, absl-py, ...)
+WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "datasets", "dill", "multiprocess",
+          "rouge-score", "nltk", "defusedxml")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+
+
+def bundle(folder: Path) -> None:
+    """Wheels, tokenizers and prepared splits for a GPU machine without network, in ``folder``."""
+    from importlib.metadata import version
+
+    from trainables.config import parse_config
+    from trainables.generation_tasks import load_generation_task
+    from trainables.models import resolve_model
+    from trainables.tasks import load_task
+
+    wheels = folder / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    for name in WHEELS:  # the versions installed here, for CPython 3.12 (a pure-Python sdist is built into a wheel)
+        pinned = f"{name}=={version(name)}"
+        platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                                  "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(wheels),
+                                  pinned], capture_output=True, text=True)
+        if fetched.returncode != 0:
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), pinned],
+                           check=True)
+    cache = folder / "cache"
+    for alias in {tokenizer for _, _, tokenizer in SHAPES.values()}:
+        target = cache / "models" / alias
+        target.mkdir(parents=True, exist_ok=True)
+        for path in Path(resolve_model(alias)).iterdir():
+            if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "config")):
+                shutil.copy(path, target / path.name)
+    tasks = [load_task(parse_config({"task": {"name": "multiemo"}}).task).folder]
+    for name in ("xsum", "strategyqa_gen"):
+        tasks.append(load_generation_task(parse_config({"model": "smollm2-135m", "task": name}).task).folder)
+    for prepared in tasks:
+        shutil.copytree(prepared, cache / "tasks" / prepared.name, dirs_exist_ok=True)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"{folder}: {size / 2**20:.1f} MiB ({len(list(wheels.iterdir()))} wheels, {len(tasks)} prepared tasks)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, few steps, on the CPU: checks the script")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--bundle", type=Path, metavar="DIR", help="gather what a GPU machine without network needs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bundle:
+        bundle(args.bundle)
+        return
     if args.child:
         task = json.loads(args.child)
-        barrier = (Path(task["barrier"][0]), task["barrier"][1]) if task["barrier"] else None
-        print(json.dumps(measure(Path(task["folder"]), task["shape"], task["method"], task["storage"],
-                                 task["batch_size"], task["max_length"], task["steps"], task["warmup"],
-                                 task["device"], barrier)))
+        barrier = task.pop("barrier")
+        print(json.dumps(measure(**{**task, "folder": Path(task["folder"])},
+                                 barrier=(Path(barrier[0]), barrier[1]) if barrier else None)))
         return
 
     import torch
@@ -245,10 +301,11 @@ def main() -> None:
             build_model_folder(shape, args.models / shape, args.smoke)
         length = 32 if args.smoke else None
         classifier = {m: child(args, "deberta-v3-large", m, max_length=length or 256) for m in METHODS}
-        decoders = {shape: {"vanilla_repeat": child(args, shape, "vanilla_repeat", "full", 8, length or 512)}
-                    | {storage: child(args, shape, "dynamic", storage, 8, length or 512) for storage in TEACHERS}
+        decoder_length = 128 if args.smoke else 512  # room for the prompt template and 64 target tokens
+        decoders = {shape: {"vanilla_repeat": child(args, shape, "vanilla_repeat", "full", 8, decoder_length)}
+                    | {storage: child(args, shape, "dynamic", storage, 8, decoder_length) for storage in TEACHERS}
                     for shape in ("llama-1b", "smollm2-135m")}
-        shared = [sharing(args, n) for n in (SHARING[:2] if args.smoke else SHARING)]
+        shared = [sharing(args, n) for n in ((2,) if args.smoke else SHARING)]
     base = classifier["vanilla_repeat"]
 
     def ratios(variant: dict, against: dict) -> dict:
@@ -263,7 +320,7 @@ def main() -> None:
         "classifier": {"shape": "deberta-v3-large", "batch_size": 16, "max_length": length or 256,
                        "methods": classifier,
                        "vs_vanilla_repeat": {m: ratios(classifier[m], base) for m in ("static", "dynamic")}},
-        "decoders": {shape: {"batch_size": 8, "max_length": length or 512, "variants": variants,
+        "decoders": {shape: {"batch_size": 8, "max_length": decoder_length, "variants": variants,
                              "vs_vanilla_repeat": {s: ratios(variants[s], variants["vanilla_repeat"]) for s in TEACHERS}}
                      for shape, variants in decoders.items()},
         "sharing": shared,

@@ -57,6 +57,7 @@ class GenerationData:
     validation: object
     test: object
     fingerprint: str
+    folder: Path  # the prepared splits in the cache
 
 
 def load_generation_task(config: TaskConfig) -> GenerationData:
@@ -85,8 +86,9 @@ def load_generation_task(config: TaskConfig) -> GenerationData:
 
     key = content_hash("generation", BIGBENCH, task.path, config.validation_fraction, config.test_fraction,
                        config.split_seed)
-    _, splits, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
-    return GenerationData(config.name, task, *splits, fingerprint)
+    folder = cached_entry(f"tasks/{config.name}-{key}", build)
+    _, splits, fingerprint = prepared_splits(folder, config)
+    return GenerationData(config.name, task, *splits, fingerprint, folder)
 
 
 def tokenized_generation_task(data: GenerationData, tokenizer, tokenizer_id: str, max_length: int,

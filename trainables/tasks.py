@@ -37,6 +37,7 @@ class TaskData:
     validation: object  # datasets.Dataset
     test: object  # datasets.Dataset
     fingerprint: str  # content hash of the splits: equal fingerprints, equal data
+    folder: Path  # the prepared splits in the cache
 
     @property
     def majority_accuracy(self) -> float:
@@ -151,8 +152,9 @@ def load_task(config: TaskConfig) -> TaskData:
     datasets.disable_progress_bars()  # selfd prints its own progress
     source_key, build = _task_source(config)
     key = content_hash(source_key, config.validation_fraction, config.test_fraction, config.split_seed)
-    record, splits, fingerprint = prepared_splits(cached_entry(f"tasks/{config.name}-{key}", build), config)
-    return TaskData(config.name, tuple(record["label_names"]), *splits, fingerprint)
+    folder = cached_entry(f"tasks/{config.name}-{key}", build)
+    record, splits, fingerprint = prepared_splits(folder, config)
+    return TaskData(config.name, tuple(record["label_names"]), *splits, fingerprint, folder)
 
 
 def prepared_splits(folder: Path, config: TaskConfig):
