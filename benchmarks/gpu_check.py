@@ -193,7 +193,9 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     from trainables.methods import METHODS as RULES
 
     best = max(shared, key=lambda s: s["aggregate_steps_per_second"])
-    speedup = best["aggregate_steps_per_second"] * classifier["static"]["seconds_per_step"]  # over one trial alone
+    alone = next((s["aggregate_steps_per_second"] for s in shared if s["processes"] == 1),
+                 1 / classifier["static"]["seconds_per_step"])
+    speedup = best["aggregate_steps_per_second"] / alone  # sharing's throughput over one trial alone
     estimates = {}
     for name in SPECS:
         spec = load_spec(ROOT / "search_spaces" / name)
@@ -246,9 +248,9 @@ def bundle(folder: Path) -> None:
     for name in WHEELS:  # the versions installed here, for CPython 3.12 (a pure-Python sdist is built into a wheel)
         pinned = f"{name}=={version(name)}"
         platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
-        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                                  "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(wheels),
-                                  pinned], capture_output=True, text=True)
+        fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                                  "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+                                  *platforms, "-d", str(wheels), pinned], capture_output=True, text=True)
         if fetched.returncode != 0:
             subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), pinned],
                            check=True)
@@ -321,7 +323,8 @@ def main() -> None:
                        "methods": classifier,
                        "vs_vanilla_repeat": {m: ratios(classifier[m], base) for m in ("static", "dynamic")}},
         "decoders": {shape: {"batch_size": 8, "max_length": decoder_length, "variants": variants,
-                             "vs_vanilla_repeat": {s: ratios(variants[s], variants["vanilla_repeat"]) for s in TEACHERS}}
+                             "vs_vanilla_repeat": {s: ratios(variants[s], variants["vanilla_repeat"])
+                                                   for s in TEACHERS}}
                      for shape, variants in decoders.items()},
         "sharing": shared,
         "gpu_hours": gpu_hours(classifier, {s: v for s, v in decoders.items()}, shared),

@@ -226,8 +226,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
-    assert len(progress) == 2 and any("learning_rate=10000.0: failed: " in line and "loss became" in line
-                                      for line in progress), progress
+    assert len(progress) == 2 and any("learning_rate=10000.0 " in line and ": failed: " in line
+                                      and "loss became" in line for line in progress), progress
     analysis = ExperimentAnalysis(str(study_dir / "tune" / "search-static"))
     trials = {t.config["training.learning_rate"]: t for t in analysis.trials}
     assert trials[1e4].status == "ERROR" and trials[1e4].run_metadata.num_failures == 2  # retried once, per the policy

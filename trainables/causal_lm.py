@@ -6,9 +6,9 @@ generation task, trained token by token under teacher forcing (METHOD.md, "Langu
 - loss: CE over the batch's target tokens + mean over revisited sequences of the per-token KD term
   (α_t · τ_t² · KL averaged over the sequence's target tokens, ``token_teachers``);
 - teachers: chosen when kept: the rule's per-token α_t, τ_t from the full distribution (C = V, y = the target
-  token), then stored as ``distill.teacher_storage`` says (full, bf16, or top-k with a rest bucket); revisited
-  sequences are re-padded in a new batch, so teachers are aligned to the student by the common-prefix rule
-  (``token_teachers.aligned``), which under teacher forcing keeps every target token;
+  token), then stored at the target tokens as ``distill.teacher_storage`` says (full, bf16, int8, or top-k with
+  a rest bucket); revisited sequences are re-padded in a new batch, so teachers are aligned to the student by
+  the common-prefix rule (``token_teachers.aligned``), which under teacher forcing keeps every target token;
 - evaluation: on the validation split (what choices read) and the test split (read by none): the
   teacher-forced loss, then greedy generation from each prompt (at most ``task.max_target_length`` new tokens),
   scored by the task (answer accuracy, ROUGE-L).
@@ -72,7 +72,7 @@ class CausalLMObjective:
         if teachers is not None:
             revisits = len(teachers.targets)
             cut, kd_mask = aligned(teachers, targets[:revisits], mask[:revisits])
-            kl = token_kl(logits[:revisits, :cut.logits.shape[1]], cut, kd_mask)
+            kl = token_kl(logits[:revisits, :cut.mask.shape[1]], cut, kd_mask)
             loss = ce + per_sample(cut.alpha * kl, kd_mask).mean()
             values |= {"kd": per_sample(kl, kd_mask).mean(), "wrong_teachers": _wrong_teachers(cut, kd_mask),
                        **extremes("alpha", cut.alpha[kd_mask]), **extremes("tau", cut.tau[kd_mask])}
@@ -131,8 +131,8 @@ class CausalLMObjective:
 
 def _wrong_teachers(teachers: TokenTeachers, valid: Tensor) -> Tensor:
     """Fraction of target tokens whose teacher's most likely token is another one (d ≤ 0 but for ties)."""
-    top = teachers.ids[..., 0].long() if teachers.ids is not None else teachers.logits.argmax(-1)
-    return (top != teachers.targets)[valid].float().mean()
+    wrong = teachers.top_tokens() != teachers.targets[teachers.mask]
+    return wrong[valid[teachers.mask]].float().mean()
 
 
 def _collate(rows, ids: Tensor, pad: int, device: torch.device):

@@ -92,7 +92,7 @@ class DistillConfig(Strict):
     rule: str = "dynsdpb"
     warmup_fraction: float = Field(0.1, gt=0, le=1)
     # decoder-only models: how teacher logits are kept between steps (trainables/token_teachers.py)
-    teacher_storage: Literal["full", "bf16", "topk"] = "full"
+    teacher_storage: Literal["full", "bf16", "int8", "topk"] = "int8"
     topk: int = Field(64, gt=0)
 
     @field_validator("rule")

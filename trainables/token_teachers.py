@@ -5,14 +5,20 @@ the previous step teach it token by token: the KD term is τ² · KL per target 
 target tokens of a sample. Positions are *target positions*: ``logits[:, t]`` predicts ``targets[:, t]`` (the
 caller shifts a causal LM's outputs); ``mask`` marks the target tokens (prompt and padding are False).
 
-How the teachers are kept between steps (``storage``):
-- ``full``: every logit in float32 (exact; N · T · V · 4 bytes);
+Only the target tokens are kept (one row per ``mask`` position, row-major): prompt and padding never teach.
+How each is kept between steps (``storage``):
+- ``full``: every logit in float32 (exact; M · V · 4 bytes for M target tokens);
 - ``bf16``: every logit in bfloat16 (half of that);
-- ``topk``: per token the k largest logits and their ids, plus one "rest" bucket with the log-mass of the other
-  V − k tokens. The student is bucketed the same way (the teacher's k ids and its own rest), so the KL is taken
-  exactly over k + 1 buckets; merging tokens never raises a KL, so it is at most the full one.
+- ``int8``: every logit as an 8-bit code on a per-token grid reaching ``INT8_SPAN`` · τ below the token's largest
+  logit (a quarter of ``full``); lower logits are clamped to the bottom of the grid, where at temperature τ
+  they hold less than V · e^-24 of the mass together;
+- ``topk``: the k largest logits and their ids, plus one "rest" bucket with the log-mass of the other V − k
+  tokens. The student is bucketed the same way (the teacher's k ids and its own rest), so the KL is taken
+  exactly over k + 1 buckets; merging tokens never raises a KL, so it is at most the full one (and at τ = 2 far
+  below it: the top tokens of a tempered distribution hold little of its mass).
 α and τ are per token and chosen when a teacher is kept, from its full distribution (DynSDPB's uncertainty
-needs all V probabilities, which ``topk`` no longer has); the rest bucket is then taken at that τ.
+needs all V probabilities, which ``topk`` no longer has); the rest bucket and the int8 grid are then set at
+that τ.
 """
 
 from __future__ import annotations
@@ -23,38 +29,54 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-STORAGES = ("full", "bf16", "topk")
+STORAGES = ("full", "bf16", "int8", "topk")
+INT8_SPAN = 24.0  # the int8 grid reaches this many τ below a token's largest logit
 
 
 @dataclass(frozen=True)
 class TokenTeachers:
-    logits: Tensor  # (N, T, V) for full and bf16; (N, T, k) for topk
-    ids: Tensor | None  # (N, T, k) token ids of the kept logits (topk)
-    rest: Tensor | None  # (N, T) log Σ exp(z / τ) over the other tokens (topk)
+    logits: Tensor  # (M, V) for full, bf16 and int8 (uint8 codes); (M, k) for topk: one row per target token
+    ids: Tensor | None  # (M, k) token ids of the kept logits (topk)
+    rest: Tensor | None  # (M,) log Σ exp(z / τ) over the other tokens (topk)
+    grid: Tensor | None  # (M, 2) the int8 grid's lowest logit and step: logit = low + code · step
     alpha: Tensor  # (N, T) per-token weight
     tau: Tensor  # (N, T) per-token temperature
     targets: Tensor  # (N, T) the target tokens they were computed for
-    mask: Tensor  # (N, T) bool: target tokens
+    mask: Tensor  # (N, T) bool: target tokens, the positions of the rows of ``logits``
 
     def nbytes(self) -> int:
-        parts = (self.logits, self.ids, self.rest, self.alpha, self.tau, self.targets, self.mask)
+        parts = (self.logits, self.ids, self.rest, self.grid, self.alpha, self.tau, self.targets, self.mask)
         return sum(p.numel() * p.element_size() for p in parts if p is not None)
+
+    def top_tokens(self) -> Tensor:
+        """(M,) each kept token's most likely next token."""
+        return self.ids[:, 0].long() if self.ids is not None else self.logits.argmax(-1)
 
 
 def keep_teachers(logits: Tensor, targets: Tensor, mask: Tensor, alpha: Tensor, tau: Tensor,
                   storage: str = "full", k: int = 64) -> TokenTeachers:
-    """Detach and store one step's logits (``(N, T, V)``) as next step's teachers."""
-    logits = logits.detach()
+    """Detach and store one step's logits (``(N, T, V)``) at the target tokens as next step's teachers."""
+    rows = logits.detach()[mask]
+    kept = {"ids": None, "rest": None, "grid": None}
     if storage == "full":
-        return TokenTeachers(logits.float(), None, None, alpha, tau, targets, mask)
-    if storage == "bf16":
-        return TokenTeachers(logits.to(torch.bfloat16), None, None, alpha, tau, targets, mask)
-    if storage != "topk":
+        kept["logits"] = rows.float()
+    elif storage == "bf16":
+        kept["logits"] = rows.to(torch.bfloat16)
+    elif storage == "int8":
+        rows = rows.float()
+        top = rows.amax(-1, keepdim=True)
+        low = torch.maximum(top - INT8_SPAN * tau[mask].unsqueeze(-1), rows.amin(-1, keepdim=True))
+        step = ((top - low) / 255).clamp(min=1e-12)
+        kept["logits"] = ((rows - low) / step).round_().clamp_(0, 255).to(torch.uint8)
+        kept["grid"] = torch.cat([low, step], dim=-1)
+    elif storage == "topk":
+        scaled = rows.float() / tau[mask].unsqueeze(-1)
+        top, ids = scaled.topk(min(k, scaled.shape[-1]), dim=-1)
+        kept |= {"logits": top.to(torch.bfloat16), "ids": ids.int(),
+                 "rest": _log_rest(scaled.logsumexp(-1), top.logsumexp(-1))}
+    else:
         raise ValueError(f"teacher storage {storage!r}: choose one of {', '.join(STORAGES)}")
-    scaled = logits.float() / tau.unsqueeze(-1)
-    top, ids = scaled.topk(k, dim=-1)
-    rest = _log_rest(scaled.logsumexp(-1), top.logsumexp(-1))
-    return TokenTeachers(top.to(torch.bfloat16), ids.int(), rest, alpha, tau, targets, mask)
+    return TokenTeachers(alpha=alpha, tau=tau, targets=targets, mask=mask, **kept)
 
 
 def token_kd(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor | None = None) -> Tensor:
@@ -68,11 +90,12 @@ def token_kd(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor | Non
 
 
 def token_kl(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor) -> Tensor:
-    """τ_t² · KL(teacher_t ‖ student_t) per target token, 0 outside ``mask``; ``(N, T)``."""
-    tau = teachers.tau.unsqueeze(-1)
-    student = student_logits.float() / tau
+    """τ_t² · KL(teacher_t ‖ student_t) per target token, 0 outside ``mask`` (a subset of the teachers' mask);
+    ``(N, T)`` for ``student_logits`` of ``(N, T, V)``."""
+    tau = teachers.tau[teachers.mask].unsqueeze(-1)
+    student = student_logits[teachers.mask].float() / tau
     if teachers.ids is None:
-        log_teacher = F.log_softmax(teachers.logits.float() / tau, dim=-1)
+        log_teacher = F.log_softmax(_logits(teachers) / tau, dim=-1)
         log_student = F.log_softmax(student, dim=-1)
     else:  # k + 1 buckets on both sides; the teacher's kept logits are already divided by τ
         teacher_buckets = torch.cat([teachers.logits.float(), teachers.rest.unsqueeze(-1)], dim=-1)
@@ -81,7 +104,16 @@ def token_kl(student_logits: Tensor, teachers: TokenTeachers, mask: Tensor) -> T
         log_teacher = F.log_softmax(teacher_buckets, dim=-1)
         log_student = F.log_softmax(torch.cat([kept, student_rest.unsqueeze(-1)], dim=-1), dim=-1)
     kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(-1)
-    return teachers.tau**2 * kl * mask
+    per_token = torch.zeros(teachers.mask.shape, dtype=kl.dtype, device=kl.device).masked_scatter(teachers.mask, kl)
+    return teachers.tau**2 * per_token * mask
+
+
+def _logits(teachers: TokenTeachers) -> Tensor:
+    """The stored logits (``full``, ``bf16``, ``int8``) as float32, ``(M, V)``."""
+    if teachers.grid is None:
+        return teachers.logits.float()
+    low, step = teachers.grid.unbind(-1)
+    return low.unsqueeze(-1) + teachers.logits.float() * step.unsqueeze(-1)
 
 
 def per_sample(per_token: Tensor, mask: Tensor) -> Tensor:
@@ -107,12 +139,16 @@ def aligned(teachers: TokenTeachers, targets: Tensor, mask: Tensor) -> tuple[Tok
 
 
 def _first_positions(teachers: TokenTeachers, length: int) -> TokenTeachers:
-    def cut(tensor: Tensor | None) -> Tensor | None:
-        return None if tensor is None else tensor[:, :length]
+    if length >= teachers.mask.shape[1]:
+        return teachers
+    kept = teachers.mask.nonzero()[:, 1] < length  # the rows of target tokens before ``length``
 
-    return replace(teachers, logits=cut(teachers.logits), ids=cut(teachers.ids), rest=cut(teachers.rest),
-                   alpha=cut(teachers.alpha), tau=cut(teachers.tau), targets=cut(teachers.targets),
-                   mask=cut(teachers.mask))
+    def rows(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor[kept]
+
+    return replace(teachers, logits=rows(teachers.logits), ids=rows(teachers.ids), rest=rows(teachers.rest),
+                   grid=rows(teachers.grid), alpha=teachers.alpha[:, :length], tau=teachers.tau[:, :length],
+                   targets=teachers.targets[:, :length], mask=teachers.mask[:, :length])
 
 
 def _log_rest(log_total: Tensor, log_kept: Tensor) -> Tensor:
