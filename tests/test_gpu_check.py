@@ -19,8 +19,8 @@ def test_gpu_check_smoke_measures_every_variant_sharing_and_the_specs_gpu_hours(
     assert set(methods) == {"vanilla", "vanilla_repeat", "static", "dynamic"}
     assert all(m["seconds_per_step"] > 0 and m["steps_timed"] == result["steps_timed"] for m in methods.values())
     assert set(result["classifier"]["vs_vanilla_repeat"]) == {"static", "dynamic"}
-    for shape in ("llama-1b", "smollm2-135m"):
-        assert set(result["decoders"][shape]["variants"]) == {"vanilla_repeat", "full", "bf16", "topk"}
+    assert set(result["decoders"]) == {"smollm2-135m"}  # the 1 B shape runs the same code at another size
+    assert set(result["decoders"]["smollm2-135m"]["variants"]) == {"vanilla_repeat", "full", "bf16", "int8", "topk"}
     shared = result["sharing"][0]  # two processes, started together at a barrier
     assert shared["processes"] == 2 and len(shared["seconds_per_step_each"]) == 2
     assert shared["aggregate_steps_per_second"] > 0
