@@ -67,6 +67,7 @@ SHAPES = {
         vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True),
         "smollm2-135m"),
 }
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens")  # name prefixes
 SMOKE_SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
@@ -93,7 +94,7 @@ def build_model_folder(shape: str, folder: Path, smoke: bool) -> Path:
     kind.from_config(config).save_pretrained(folder)
     tokenizer_folder = Path(resolve_model(SHAPES[shape][2]))
     for path in tokenizer_folder.iterdir():  # tokenizer files only: never the source model's weights or config
-        if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens")):
+        if path.name.startswith(TOKENIZER_FILES):
             shutil.copy(path, folder / path.name)
     return folder
 
@@ -103,7 +104,7 @@ def run_config(shape_folder: Path, shape: str, method: str, storage: str, batch_
     from trainables.config import parse_config
     from trainables.methods import METHODS as RULES
 
-    fresh = batch_size // 2 if RULES[method].dlb_batches else batch_size
+    fresh = RULES[method].fresh_size(batch_size)
     decoder = SHAPES[shape][0] == "llama"
     task = ({"name": "xsum", "max_target_length": 64} if decoder else {"name": "multiemo"}) | {
         "max_length": max_length, "train_subset": fresh * steps, "validation_subset": 2}
@@ -199,7 +200,7 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     estimates = {}
     for name in SPECS:
         spec = load_spec(ROOT / "search_spaces" / name)
-        trials = {str(m): spec.grid_size(m) for m in spec.searched} | {str(m): len(spec.seeds)
+        trials = {str(m): spec.method_search_trials(m) for m in spec.searched} | {str(m): len(spec.seeds)
                                                                       for m in spec.fixed_baselines}
         if spec.task.name in PUBLISHED_TRAIN:  # validation is carved from the published train split
             published = PUBLISHED_TRAIN[spec.task.name]
@@ -210,8 +211,7 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
             train = len(load_generation_task(spec.task).train)
         seconds = 0.0
         for method, count in trials.items():
-            fresh = spec.training.batch_size // 2 if RULES[method].dlb_batches else spec.training.batch_size
-            steps = math.ceil(train / fresh) * spec.training.epochs
+            steps = math.ceil(train / RULES[method].fresh_size(spec.training.batch_size)) * spec.training.epochs
             if name == "nlg_llama.yaml":
                 variant = "vanilla_repeat" if method in ("vanilla", "vanilla_repeat") else spec.distill.teacher_storage
                 per_step = decoders.get("llama-1b", decoders["smollm2-135m"])[variant]["seconds_per_step"]
@@ -259,7 +259,7 @@ def bundle(folder: Path) -> None:
         target = cache / "models" / alias
         target.mkdir(parents=True, exist_ok=True)
         for path in Path(resolve_model(alias)).iterdir():
-            if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "config")):
+            if path.name.startswith((*TOKENIZER_FILES, "config")):  # resolve_model needs the folder, not weights
                 shutil.copy(path, target / path.name)
     tasks = [load_task(parse_config({"task": {"name": "multiemo"}}).task).folder]
     for name in ("xsum", "strategyqa_gen"):
@@ -328,7 +328,7 @@ def main() -> None:
                                                    for s in TEACHERS}}
                      for shape, variants in decoders.items()},
         "sharing": shared,
-        "gpu_hours": gpu_hours(classifier, {s: v for s, v in decoders.items()}, shared),
+        "gpu_hours": gpu_hours(classifier, decoders, shared),
         "targets": {"time": 1.05, "memory": 1.02},
         "seconds": round(time.perf_counter() - started, 1),
     }

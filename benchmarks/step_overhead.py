@@ -31,7 +31,7 @@ def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: i
     from trainables.methods import METHODS
     from trainables.recipe import fine_tune
 
-    fresh = batch_size // 2 if METHODS[method].dlb_batches else batch_size
+    fresh = METHODS[method].fresh_size(batch_size)
     config = parse_config({
         "method": method,
         "model": "minilm-l6",

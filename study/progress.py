@@ -32,7 +32,8 @@ def duration(seconds: float) -> str:
 
 
 class StudyProgress(tune.Callback):
-    """Given to every phase's Tuner; ``start_phase`` before each phase with the trials of the phases before it."""
+    """Given to every phase's Tuner; the runner names the phase running (``phase``) and counts each ended
+    phase's trials in (``phase_ended``)."""
 
     def __init__(self, total: int, metric: Metric, out=None, clock=time.monotonic) -> None:
         self.total, self.metric = total, Metric(metric)
@@ -49,8 +50,8 @@ class StudyProgress(tune.Callback):
         # phase: the restored phase then reports to this run's progress, not to a copy of the interrupted one's
         return (live_progress, ())
 
-    def start_phase(self, name: str, ended_before: int) -> None:
-        self.phase, self.before_phase = name, ended_before
+    def phase_ended(self, trials: int) -> None:
+        self.before_phase += trials
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._ended(trials, trial, "")

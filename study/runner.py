@@ -166,7 +166,7 @@ def phase_trials(spec: StudySpec, phase: Phase) -> int:
         return len(spec.fixed_baselines) * len(spec.seeds)
     if phase.kind is PhaseKind.RERUN:
         return len(spec.rerun_best.seeds)
-    return spec.grid_size(phase.method) if spec.search.algorithm == "grid" else spec.search.num_samples
+    return spec.method_search_trials(phase.method)
 
 
 def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
@@ -174,11 +174,11 @@ def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: Study
     """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
     ended = StudyState.read(study_dir).ended(phase)
     if ended is not None:
-        progress.start_phase(phase.name, progress.before_phase + phase_trials(spec, phase))
+        progress.phase_ended(phase_trials(spec, phase))
         return ended
-    progress.start_phase(phase.name, progress.before_phase)
+    progress.phase = phase.name
     results = _fit(spec, study_dir, tracking, progress, phase, param_space, search_alg, num_samples)
-    progress.start_phase(phase.name, progress.before_phase + len(results))
+    progress.phase_ended(len(results))
     best = best_setting(results, spec, phase.method) if search_alg else None
     record = PhaseRecord(results.num_errors, best)
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
@@ -247,13 +247,13 @@ def _searches(spec: StudySpec) -> dict:
         if search.algorithm == "grid":
             space["training.seed"] = CategoricalDistribution(spec.seeds)
             grid = {name: list(d.choices) for name, d in space.items()}
-            sampler, samples = optuna.samplers.GridSampler(grid, seed=search.seed), spec.grid_size(method)
+            sampler = optuna.samplers.GridSampler(grid, seed=search.seed)
         else:
             space["training.seed"] = CategoricalDistribution([spec.seeds[0]])
             sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.algorithm == "tpe"
                        else optuna.samplers.RandomSampler(seed=search.seed))
-            samples = search.num_samples
-        searches[method] = (OptunaSearch(space=space, sampler=sampler, metric=spec.metric, mode=spec.mode), samples)
+        searches[method] = (OptunaSearch(space=space, sampler=sampler, metric=spec.metric, mode=spec.mode),
+                            spec.method_search_trials(method))
     return searches
 
 

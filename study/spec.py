@@ -177,11 +177,13 @@ class StudySpec(RunSettings):
         space = self.space_for(method or self.methods[0])
         return math.prod(len(d.values) for d in space.values()) * len(self.seeds)
 
+    def method_search_trials(self, method: str) -> int:
+        """Trials of ``method``'s search phase: its grid, or the samples TPE and random search draw."""
+        return self.grid_size(method) if self.search.algorithm == "grid" else self.search.num_samples
+
     def search_trials(self) -> int:
         """Trials of every search phase together."""
-        if self.search.algorithm == "grid":
-            return sum(self.grid_size(method) for method in self.searched)
-        return self.search.num_samples * len(self.searched)
+        return sum(self.method_search_trials(method) for method in self.searched)
 
 
 def check_runs(spec: StudySpec) -> None:

@@ -30,6 +30,10 @@ class Training:
     distils: bool  # reads distill.alpha / distill.tau (a study searches them only for such methods)
     rule: Callable[[object], Callable | None]  # DistillConfig → rule (None: no teachers)
 
+    def fresh_size(self, batch_size: int) -> int:
+        """Fresh samples per step: half the batch on DLB batches, all of it otherwise."""
+        return batch_size // 2 if self.dlb_batches else batch_size
+
 
 METHODS: dict[Method, Training] = {
     Method.VANILLA: Training(False, False, lambda distill: None),

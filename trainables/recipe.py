@@ -80,7 +80,7 @@ class FineTuneRecipe:
         seed_everything(training.seed)
         self.model = self.objective.load_model().to(self.device)
 
-        self.fresh_size = training.batch_size // 2 if self.method.dlb_batches else training.batch_size
+        self.fresh_size = self.method.fresh_size(training.batch_size)
         self.total_steps = math.ceil(self.objective.train_size / self.fresh_size) * training.epochs
         # fused: one kernel over all parameters; on CPU the foreach AdamW step took 30 % of a MiniLM step
         self.optimizer = torch.optim.AdamW(decay_groups(self.model, training.weight_decay),
