@@ -137,7 +137,7 @@ def measure(folder: Path, shape: str, method: str, storage: str, batch_size: int
                 torch.cuda.reset_peak_memory_stats()
             times.append(time.perf_counter())
 
-        def log_epoch(self, epoch, metrics, save_checkpoint=None):
+        def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
             pass
 
     config = run_config(folder, shape, method, storage, batch_size, max_length, steps + warmup + 1, device)

@@ -58,7 +58,7 @@ def measure(variant: str, steps: int, warmup: int, batch_size: int, max_length: 
             if step == warmup + steps:
                 peak["mb"] = peak_rss_mb()
 
-        def log_epoch(self, epoch, metrics, save_checkpoint=None):
+        def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
             pass
 
     fine_tune(config, StepClock())

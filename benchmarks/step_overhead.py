@@ -53,7 +53,7 @@ def measure(method: str, steps: int, warmup: int, batch_size: int, max_length: i
             if step == warmup + steps:
                 self.peak_rss_mb = peak_rss_mb()
 
-        def log_epoch(self, epoch, metrics, save_checkpoint=None):
+        def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
             pass
 
     clock = StepClock()

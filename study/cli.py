@@ -338,7 +338,7 @@ def _prepare(args) -> int:
 
 
 class ConsoleReporter:
-    """A progress line per logging step and per epoch, on stderr (stdout carries the JSON summary)."""
+    """A progress line per logging step and per evaluation, on stderr (stdout carries the JSON summary)."""
 
     def __init__(self) -> None:
         self.last = (time.perf_counter(), 0)
@@ -356,10 +356,11 @@ class ConsoleReporter:
                      f"{metrics['tau_max']:.2f}]  wrong teachers {metrics['wrong_teachers']:.0%}")
         print(f"{line}  {per_step:.2f} s/step", file=sys.stderr, flush=True)
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint=None) -> None:
+    def log_evaluation(self, evaluation: int, metrics: dict[str, float], save_checkpoint=None) -> None:
         scores = "  ".join(f"{name.removeprefix('val_').replace('_', ' ')} {value:.4f}"
                            for name, value in metrics.items() if name.startswith("val_"))
-        print(f"epoch {epoch} done at step {metrics['step']}: val {scores}  ({metrics['seconds']:.0f} s)",
+        print(f"evaluation {evaluation} at step {metrics['step']} of {metrics['total_steps']} (epoch "
+              f"{metrics['trained_epochs']:g}): val {scores}  ({metrics['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
 
 

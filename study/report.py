@@ -98,7 +98,7 @@ def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> p
             **{name: _number(params.get(name)) for name in spec.search.space},
             "seed": int(params.get("training.seed", -1)),
             "status": run.info.status,
-            "epochs": len(history),
+            "evaluations": len(history),
             metric.best: best.value if best else math.nan,
             metric.test: tests.get(best.step, math.nan) if best else math.nan,  # chosen by validation
             metric.final: history[-1].value if history else math.nan,
@@ -106,7 +106,7 @@ def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> p
             "failure": run.data.tags.get("selfd.failure", ""),
             "run_id": run.info.run_id,
         })
-    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs",
+    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "evaluations",
                metric.best, metric.test, metric.final, *COST_COLUMNS, "failure", "run_id"]
     return pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
 
@@ -243,7 +243,7 @@ def _default_layers(available: list[str]) -> list[str]:
 
 def dynamics_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, folder: Path) -> list[str]:
     """How DynSDPB set α and τ over training: per trial the batch mean, shaded from the batch minimum to maximum."""
-    trials = table[(table.method == "dynamic") & (table.epochs > 0)].head(DYNAMICS_TRIALS)
+    trials = table[(table.method == "dynamic") & (table.evaluations > 0)].head(DYNAMICS_TRIALS)
     if trials.empty:
         return []
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)

@@ -98,7 +98,11 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
                    "what is compared"),
         ("Methods searched", ", ".join(spec.methods)), ("Baselines", ", ".join(spec.baselines) or "none"),
         ("Search", f"{spec.search.algorithm} over {', '.join(spec.search.space)}"
-                   + (f", ASHA (grace {spec.scheduler.grace_period} epoch)" if spec.scheduler.type == "asha" else "")),
+                   + (f", ASHA (grace period {spec.scheduler.grace_period} evaluations, reduction factor "
+                      f"{spec.scheduler.reduction_factor:g})" if spec.scheduler.type == "asha" else "")),
+        ("Evaluations", "once an epoch" if spec.training.eval_every is None else
+         f"every {spec.training.eval_every} {'steps' if isinstance(spec.training.eval_every, int) else 'epoch'} and "
+         "at each epoch's end"),
         ("Seeds", ", ".join(map(str, spec.seeds))),
         ("Trials", f"{len(table)} ({counts})" if len(table) else "none recorded"),
         ("Started", _time(parent_run.info.start_time)),
@@ -159,7 +163,7 @@ def _figures(folder: Path, caption: str, empty: str) -> str:
 def _trials(table: pd.DataFrame, spec) -> str:
     if table.empty:
         return "<p>No trial recorded.</p>"
-    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "epochs", spec.metric.best,
+    columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "evaluations", spec.metric.best,
                spec.metric.test, "seconds", "failure"]
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_cell(row[c]) for c in columns) + "</tr>" for _, row in table.iterrows())

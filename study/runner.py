@@ -21,14 +21,15 @@ import shutil
 import socket
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from study import state as phases
 from study.progress import StudyProgress
-from study.spec import StudySpec
+from study.spec import StudySpec, check_scheduler
 from study.state import STUDY_FILE, Phase, PhaseKind, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
 from trainables.errors import ConfigError
@@ -51,7 +52,7 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
         # a new execution of a finished study: the old one's Tune state would be restored instead of run
         shutil.rmtree(study_dir / "tune", ignore_errors=True)
     uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
-    _prepare(spec, uri, address)
+    train_size = _prepare(spec, uri, address)
 
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
@@ -64,7 +65,7 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     tracking = Tracking(uri, experiment, parent.info.run_id)
     StudyState(spec.name, tracking).write(study_dir)
-    _run_phases(spec, study_dir, tracking)
+    _run_phases(spec, study_dir, tracking, train_size)
     return tracking
 
 
@@ -81,12 +82,12 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
     if state.finished:
         return None
     spec = load_spec(study_dir / "spec.yaml")
-    _prepare(spec, tracking.tracking_uri, address)
+    train_size = _prepare(spec, tracking.tracking_uri, address)
     client = MlflowClient(tracking.tracking_uri)
     client.update_run(tracking.parent_run_id, status="RUNNING")
     client.set_tag(tracking.parent_run_id, "selfd.resumed", str(state.resumed + 1))
     replace(state, resumed=state.resumed + 1).write(study_dir)
-    _run_phases(spec, study_dir, tracking)
+    _run_phases(spec, study_dir, tracking, train_size)
     # A trial that started after Tune's last saved experiment state is unknown to the restored phase: its
     # setting ran again as a new trial, and its own child run, still RUNNING, would count twice. It goes to
     # MLflow's deleted runs (restorable there).
@@ -96,18 +97,21 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
     return tracking
 
 
-def _prepare(spec: StudySpec, uri: str, address: str | None) -> None:
-    # one checkpoint per trial epoch makes Tune snapshot often; that is expected here, not a warning
+def _prepare(spec: StudySpec, uri: str, address: str | None) -> int:
+    """Everything a study needs before its first trial; returns the training set's size."""
+    # one checkpoint per trial evaluation makes Tune snapshot often; that is expected here, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C raises in the driver instead of Tune ending the phase as if it were done; `selfd resume` goes on
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     bounded_retries()
     check_reachable(uri)
-    prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
+    train_size = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
+    check_scheduler(spec, train_size)
     connect_ray(address, spec)
+    return train_size
 
 
-def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
+def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size: int) -> None:
     """The study's phases in order; a phase recorded as ended in the study file is not run again."""
     from mlflow import MlflowClient
 
@@ -117,9 +121,8 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking) -> None:
         if spec.fixed_baselines:
             _phase(spec, study_dir, tracking, progress, phases.BASELINES, _fixed(spec.fixed_baselines, spec.seeds))
         best = {}
-        for method, (search_alg, samples) in _searches(spec).items():
-            best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search_alg,
-                                  samples).best
+        for method, search in _searches(spec, train_size).items():
+            best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search).best
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
@@ -170,16 +173,16 @@ def phase_trials(spec: StudySpec, phase: Phase) -> int:
 
 
 def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-           param_space: dict, search_alg=None, num_samples: int = 1) -> PhaseRecord:
+           param_space: dict, search: Search | None = None) -> PhaseRecord:
     """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
     ended = StudyState.read(study_dir).ended(phase)
     if ended is not None:
         progress.phase_ended(phase_trials(spec, phase))
         return ended
     progress.phase = phase.name
-    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search_alg, num_samples)
+    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search)
     progress.phase_ended(len(results))
-    best = best_setting(results, spec, phase.method) if search_alg else None
+    best = best_setting(results, spec, phase.method) if search else None
     record = PhaseRecord(results.num_errors, best)
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
     for checkpoint in (study_dir / "tune" / phase.name).glob("*/checkpoint_*"):  # an ended phase never resumes
@@ -219,18 +222,31 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
                           f"{resources.get('CPU', 0):g}")
 
 
-def prepare_data(spec: StudySpec) -> None:
-    """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here)."""
+def prepare_data(spec: StudySpec) -> int:
+    """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here);
+    returns the training set's size."""
     from trainables.config import parse_config
     from trainables.recipe import load_data
 
-    load_data(parse_config(spec.base_run(spec.methods[0])))
+    return load_data(parse_config(spec.base_run(spec.methods[0]))).train_size
 
 
-def _searches(spec: StudySpec) -> dict:
-    """Per searched method: (OptunaSearch, number of trials)."""
+@dataclass(frozen=True)
+class Search:
+    """A search phase's Tune parts: the Optuna searcher, how many trials it draws, and ASHA (or None)."""
+
+    searcher: Any
+    trials: int
+    scheduler: Any = None
+
+
+def _searches(spec: StudySpec, train_size: int) -> dict[str, Search]:
+    """Per searched method: its searcher, trials and scheduler. TPE samples with Optuna's constant liar (a
+    running trial counts as a poor result, so parallel trials spread out) after a third of its trials drew at
+    random; ASHA counts evaluations (``training.eval_every``), up to the most a trial of the method reports."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     search = spec.search
@@ -250,10 +266,18 @@ def _searches(spec: StudySpec) -> dict:
             sampler = optuna.samplers.GridSampler(grid, seed=search.seed)
         else:
             space["training.seed"] = CategoricalDistribution([spec.seeds[0]])
-            sampler = (optuna.samplers.TPESampler(seed=search.seed) if search.algorithm == "tpe"
-                       else optuna.samplers.RandomSampler(seed=search.seed))
-        searches[method] = (OptunaSearch(space=space, sampler=sampler, metric=spec.metric, mode=spec.mode),
-                            spec.method_search_trials(method))
+            sampler = (optuna.samplers.TPESampler(seed=search.seed, constant_liar=True,
+                                                  n_startup_trials=max(2, search.num_samples // 3))
+                       if search.algorithm == "tpe" else optuna.samplers.RandomSampler(seed=search.seed))
+        scheduler = None
+        if spec.scheduler.type == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration",
+                                      max_t=spec.most_evaluations(method, train_size),
+                                      grace_period=spec.scheduler.grace_period,
+                                      reduction_factor=spec.scheduler.reduction_factor,
+                                      metric=spec.metric, mode=spec.mode)
+        searches[method] = Search(OptunaSearch(space=space, sampler=sampler, metric=spec.metric, mode=spec.mode),
+                                  spec.method_search_trials(method), scheduler)
     return searches
 
 
@@ -265,10 +289,9 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-         param_space: dict, search_alg=None, num_samples: int = 1):
+         param_space: dict, search: Search | None = None):
     """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from trainables.tune_trial import run_trial
 
@@ -281,25 +304,20 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyPr
         # finished and failed trials stay as they ended; unfinished ones go on from their last checkpoint
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
 
-    scheduler = None
-    if search_alg is not None and spec.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.training.epochs,
-                                  grace_period=spec.scheduler.grace_period,
-                                  reduction_factor=spec.scheduler.reduction_factor,
-                                  metric=spec.metric, mode=spec.mode)
+    search = search or Search(searcher=None, trials=1)  # a fixed phase: its param_space's grid, run once
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         # metric and mode live on the searcher and the scheduler: Tune refuses them in two places
         # reused actors skip a process start and the torch/transformers imports per trial
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+        tune_config=tune.TuneConfig(search_alg=search.searcher, scheduler=search.scheduler, num_samples=search.trials,
                                     max_concurrent_trials=spec.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
             name=phase.name, storage_path=str(study_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             # Tune's own trial tables are left out (verbose=0): `progress` prints a line per ended trial
-            callbacks=[TrialStatus(tracking, spec.training.epochs, study_dir), progress], verbose=0),
+            callbacks=[TrialStatus(tracking, study_dir), progress], verbose=0),
     )
     return tuner.fit()
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from trainables.config import RunSettings, parse_config
+from trainables.config import RunConfig, RunSettings, parse_config
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, Method
 from trainables.metrics import Metric
@@ -77,7 +77,7 @@ class SearchConfig(Strict):
 
 class SchedulerConfig(Strict):
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, gt=0)  # epochs before a trial can be stopped
+    grace_period: int = Field(1, gt=0)  # evaluations before a trial can be stopped (training.eval_every)
     reduction_factor: float = Field(2.0, gt=1)
 
 
@@ -185,23 +185,51 @@ class StudySpec(RunSettings):
         """Trials of every search phase together."""
         return sum(self.method_search_trials(method) for method in self.searched)
 
+    def corner_runs(self, method: str) -> list[RunConfig]:
+        """``method``'s run configs at every corner of its search space (each searched field at an extreme)."""
+        space = self.space_for(method)
+        runs = []
+        for corner in itertools.product(*(d.extremes for d in space.values())):
+            try:
+                runs.append(parse_config(self.base_run(method), values=dict(zip(space, corner))))
+            except ConfigError as error:
+                raise ConfigError(f"search.space gives {method} trials a bad run config: {error}") from None
+        return runs
+
+    def most_evaluations(self, method: str, train_size: int | None = None) -> int | None:
+        """The most evaluations a trial of ``method`` reports (ASHA's ``max_t``). Without ``train_size`` only what
+        is known before the data is loaded: an upper bound, or None where ``eval_every`` counts steps."""
+        if train_size is not None:
+            return max(run.evaluations(train_size) for run in self.corner_runs(method))
+        if any(isinstance(run.training.eval_every, int) for run in self.corner_runs(method)):
+            return None
+        return max(run.training.epochs * math.ceil(1 / (run.training.eval_every or 1))
+                   for run in self.corner_runs(method))
+
+
+def check_scheduler(spec: StudySpec, train_size: int | None = None) -> None:
+    """ASHA must be able to stop a trial: ``grace_period`` below the evaluations each searched method reports.
+    Checked before the data is loaded where the count is known then, and again with the training set's size."""
+    if spec.scheduler.type != "asha":
+        return
+    for method in spec.searched:
+        most = spec.most_evaluations(method, train_size)
+        if most is not None and spec.scheduler.grace_period >= most:
+            raise ConfigError(
+                f"scheduler.grace_period is {spec.scheduler.grace_period} but a {method} trial reports at most {most} "
+                f"evaluation{'s' * (most > 1)} (training.epochs × evaluations an epoch, see training.eval_every), so "
+                "ASHA could never stop one; lower grace_period, evaluate more often (e.g. training.eval_every: "
+                "0.25), or set scheduler.type: none")
+
 
 def check_runs(spec: StudySpec) -> None:
     """Every run a trial could get must be a valid run config: each method with each searched extreme."""
-    if spec.scheduler.type == "asha" and spec.scheduler.grace_period >= spec.training.epochs:
-        raise ConfigError(f"scheduler.grace_period is {spec.scheduler.grace_period} but a trial has "
-                          f"{spec.training.epochs} epochs, so ASHA could never stop one; lower grace_period below "
-                          "training.epochs, or set scheduler.type: none")
     for method in {*spec.methods, *spec.baselines}:
         parse_config(spec.base_run(method))
     names = list(spec.search.space)
     for method in spec.searched:
-        space = spec.space_for(method)
-        for corner in itertools.product(*(d.extremes for d in space.values())):
-            try:
-                parse_config(spec.base_run(method), values=dict(zip(space, corner)))
-            except ConfigError as error:
-                raise ConfigError(f"search.space gives {method} trials a bad run config: {error}") from None
+        spec.corner_runs(method)
+    check_scheduler(spec)
     if spec.tune_baselines:
         for method in spec.baselines:
             if method in spec.methods:

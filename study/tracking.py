@@ -97,9 +97,8 @@ def experiment_id(client: MlflowClient, name: str, study_dir: Path, uri: str) ->
 class TrialStatus(tune.Callback):
     """Ends each trial's child run with how the trial ended (the trial itself cannot see ASHA stop it)."""
 
-    def __init__(self, tracking: Tracking, max_epochs: int, study_dir: Path) -> None:
+    def __init__(self, tracking: Tracking, study_dir: Path) -> None:
         self.tracking = tracking
-        self.max_epochs = max_epochs
         self.unsent_dir = study_dir / UNSENT_DIR
         self.ended: list[str] = []  # folders of trials that ended since the last experiment-state save
         self.recorded: list[str] = []  # ... and those that ended before it
@@ -131,9 +130,11 @@ class TrialStatus(tune.Callback):
         keep_unsent(self.unsent_dir, trial.trial_id, {"end": {"status": status, "tags": tags}})
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epochs = (trial.last_result or {}).get("training_iteration", 0)
-        if epochs < self.max_epochs:
-            self._end(trial, "KILLED", {"selfd.stopped_early": f"ASHA stopped it after epoch {epochs}"})
+        last = trial.last_result or {}
+        if last.get("step", 0) < last.get("total_steps", 0):  # it ended before its last step: ASHA stopped it
+            self._end(trial, "KILLED", {"selfd.stopped_early": (
+                f"ASHA stopped it after evaluation {last.get('training_iteration')} (step {last['step']} of "
+                f"{last['total_steps']}, epoch {last.get('trained_epochs', 0):g})")})
         else:
             self._end(trial, "FINISHED", {})
         self.ended.append(trial.path)

@@ -72,8 +72,8 @@ class RecordingReporter:
     def log_step(self, step, metrics):
         self.steps.append((step, metrics))
 
-    def log_epoch(self, epoch, metrics, save_checkpoint=None):
-        self.epochs.append((epoch, metrics))
+    def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
+        self.epochs.append((evaluation, metrics))
 
 
 @pytest.fixture

@@ -52,9 +52,9 @@ class Recorder:
         if "loss" in metrics:
             self.steps.append({"step": step, **{k: v for k, v in metrics.items() if k != "lr"}})
 
-    def log_epoch(self, epoch, metrics, save_checkpoint=None):
+    def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
         kept = {k: v for k, v in metrics.items() if k.startswith(("val_", "test_")) or k in ("step", "samples")}
-        self.epochs.append({"epoch": epoch, **kept})
+        self.epochs.append({"epoch": evaluation, **kept})
 
 
 def record(name: str) -> dict:

@@ -11,6 +11,7 @@ from conftest import RecordingReporter, fast_config
 from recipe_runs import RUNS
 from trainables.config import parse_config
 from trainables.devices import has_native_bf16, mixed_precision
+from trainables.errors import ConfigError
 from trainables.recipe import fine_tune
 
 
@@ -132,16 +133,18 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("run", ["classifier-dynamic", "classifier-static", "causal-lm-dynamic-topk"])
-def test_resume_from_a_checkpoint_continues_exactly(tmp_path, run):
+@pytest.mark.parametrize("run, eval_every", [("classifier-dynamic", None), ("classifier-static", None),
+                                             ("causal-lm-dynamic-topk", None), ("classifier-static", 0.5)])
+def test_resume_from_a_checkpoint_continues_exactly(tmp_path, run, eval_every):
     # one checkpoint for both model kinds: per-sample logits and per-token top-k teachers, random reuse
-    # (the data-order generator), dropout (the CPU random state)
-    config = parse_config(RUNS[run])
+    # (the data-order generator), dropout (the CPU random state); with eval_every 0.5 the checkpoint is taken
+    # in the middle of the first epoch (the rest of that epoch's order is in it)
+    config = parse_config(RUNS[run], values={"training.eval_every": eval_every})
     straight = RecordingReporter()
     fine_tune(config, straight)
 
     class CrashAfterFirstEpoch(RecordingReporter):
-        def log_epoch(self, epoch, metrics, save_checkpoint=None):
+        def log_evaluation(self, evaluation, metrics, save_checkpoint=None):
             save_checkpoint(tmp_path / "checkpoint")
             raise Crash
 
@@ -158,7 +161,37 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, run):
         assert got["loss"] == want["loss"] and got.get("alpha_mean") == want.get("alpha_mean")
     assert resumed.epochs[0][0] == 2
     assert resumed.epochs[0][1]["val_loss"] == straight.epochs[1][1]["val_loss"]
-    assert summary["steps"] == straight.epochs[1][1]["step"]
+    assert [m["val_loss"] for _, m in resumed.epochs] == [m["val_loss"] for _, m in straight.epochs[1:]]
+    assert summary["steps"] == straight.epochs[-1][1]["step"]
+    if eval_every:
+        assert straight.epochs[0][1]["trained_epochs"] == 0.5 and first_epoch_steps < summary["steps"] / 2
+
+
+def test_eval_every_counts_steps_or_a_fraction_of_an_epoch():
+    from trainables.config import TrainingConfig
+
+    assert TrainingConfig().evaluation_steps(10) == {10}  # default: the end of each epoch
+    assert TrainingConfig(eval_every=0.25).evaluation_steps(10) == {2, 5, 8, 10}
+    assert TrainingConfig(eval_every=1.0).evaluation_steps(10) == {10}
+    assert TrainingConfig(eval_every=4).evaluation_steps(10) == {4, 8, 10}
+    assert TrainingConfig(eval_every=25).evaluation_steps(10) == {10}
+    assert TrainingConfig(eval_every=0.01).evaluation_steps(3) == {1, 2, 3}  # at most one a step
+    assert parse_config({"method": "static", "training": {"eval_every": 0.25}}).evaluations(100) == 3 * 4
+    with pytest.raises(ConfigError, match="training.eval_every: 1.5 is neither a number of steps"):
+        parse_config({"training": {"eval_every": 1.5}})
+
+
+def test_a_run_evaluates_within_epochs_and_picks_its_best_evaluation():
+    reporter = RecordingReporter()
+    summary = fine_tune(fast_config("static", training={"epochs": 2, "eval_every": 0.5, "grad_norm_every": 0}),
+                        reporter)
+    evaluations = [m for _, m in reporter.epochs]
+    assert [e for e, _ in reporter.epochs] == [1, 2, 3, 4] and summary["evaluations"] == 4
+    assert [m["trained_epochs"] for m in evaluations] == [0.5, 1.0, 1.5, 2.0]
+    assert [m["step"] for m in evaluations][-1] == summary["steps"] == evaluations[0]["total_steps"]
+    best = max(evaluations, key=lambda m: m["val_accuracy"])  # the first of equal ones
+    assert summary["best_val_accuracy"] == best["val_accuracy"] and summary["best_epoch"] == best["trained_epochs"]
+    assert summary["test_accuracy"] == best["test_accuracy"]
 
 
 def test_a_run_never_reads_the_test_labels(tmp_path, nli_jsonl):

@@ -134,8 +134,9 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
 
 
 def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
+    # one epoch evaluated 4 times: ASHA's rungs count evaluations
     spec = {**TINY, "name": "tpe", "baselines": [], "metric": "val_loss",
-            "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
+            "training": {**TINY["training"], "epochs": 1, "eval_every": 0.25, "grad_norm_every": 0},
             "search": {"algorithm": "tpe", "num_samples": 6, "seed": 0,
                        "space": {"training.learning_rate": {"low": 1e-6, "high": 1e-3, "log": True},
                                  "distill.alpha": {"low": 0.0, "high": 2.0}}},
@@ -147,8 +148,9 @@ def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
     stopped = [c for c in children if c.info.status == "KILLED"]
     assert stopped, [c.info.status for c in children]
     for run in stopped:
-        assert "ASHA stopped it" in run.data.tags["selfd.stopped_early"]
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 3
+        assert re.fullmatch(r"ASHA stopped it after evaluation [123] \(step \d+ of 16, epoch 0\.\d+\)",
+                            run.data.tags["selfd.stopped_early"]), run.data.tags["selfd.stopped_early"]
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 4
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)
     assert (study_dir / "report" / "importance" / "epistemic_reasoning_importance.png").is_file()
 

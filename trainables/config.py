@@ -6,6 +6,7 @@ is loaded, with one line that names the field.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -79,10 +80,30 @@ class TrainingConfig(Strict):
     seed: int = 0
     log_every: int = Field(10, gt=0)
     grad_norm_every: int = Field(50, ge=0)  # 0 turns the probe off
+    # evaluate (validation and test) every this many steps (an integer) or this fraction of an epoch (a number
+    # with a point, up to 1.0); every epoch also ends with one. Default: once an epoch. ASHA decides at evaluations
+    eval_every: int | float | None = Field(None, gt=0)
     eval_batch_size: int = Field(64, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has native bf16
     cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on
+
+    @field_validator("eval_every")
+    @classmethod
+    def _steps_or_fraction(cls, every: int | float | None) -> int | float | None:
+        if isinstance(every, float) and every > 1:
+            raise ValueError(f"{every:g} is neither a number of steps (write an integer, e.g. {round(every)}) nor a "
+                             "fraction of an epoch (at most 1.0, e.g. 0.25 for four evaluations an epoch)")
+        return every
+
+    def evaluation_steps(self, steps_per_epoch: int) -> frozenset[int]:
+        """The steps of an epoch (counted 1 … ``steps_per_epoch`` within it) after which a run evaluates: every
+        ``eval_every`` steps (an integer) or fraction of an epoch (a float), and the epoch's last step."""
+        if self.eval_every is None:
+            return frozenset({steps_per_epoch})
+        interval = self.eval_every if isinstance(self.eval_every, int) else self.eval_every * steps_per_epoch
+        points = {round(k * interval) for k in range(1, math.ceil(steps_per_epoch / interval))}
+        return frozenset(p for p in points if 0 < p < steps_per_epoch) | {steps_per_epoch}
 
 
 class DistillConfig(Strict):
@@ -119,6 +140,14 @@ class RunSettings(Strict):
 
 class RunConfig(RunSettings):
     method: Method = Method.DYNAMIC
+
+    def steps_per_epoch(self, train_size: int) -> int:
+        """Optimizer steps an epoch takes: every training sample is fresh once, ``fresh_size`` of them a step."""
+        return math.ceil(train_size / METHODS[self.method].fresh_size(self.training.batch_size))
+
+    def evaluations(self, train_size: int) -> int:
+        """Evaluations a run reports on ``train_size`` training samples (ASHA's ``max_t``)."""
+        return len(self.training.evaluation_steps(self.steps_per_epoch(train_size))) * self.training.epochs
 
     @model_validator(mode="after")
     def _batch_splits_in_halves(self) -> RunConfig:

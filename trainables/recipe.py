@@ -56,8 +56,10 @@ class Reporter:
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint) -> None:
-        """``save_checkpoint(folder)`` writes what ``setup(resume_from=folder)`` needs."""
+    def log_evaluation(self, evaluation: int, metrics: dict[str, float], save_checkpoint) -> None:
+        """The ``evaluation``-th evaluation (1, 2, …; one an epoch unless ``training.eval_every``): scores,
+        ``trained_epochs``, ``step`` of ``total_steps`` and seconds. ``save_checkpoint(folder)`` writes what
+        ``setup(resume_from=folder)`` needs."""
 
 
 class FineTuneRecipe:
@@ -81,7 +83,9 @@ class FineTuneRecipe:
         self.model = self.objective.load_model().to(self.device)
 
         self.fresh_size = self.method.fresh_size(training.batch_size)
-        self.total_steps = math.ceil(self.objective.train_size / self.fresh_size) * training.epochs
+        self.steps_per_epoch = config.steps_per_epoch(self.objective.train_size)
+        self.total_steps = self.steps_per_epoch * training.epochs
+        self.evaluation_steps = training.evaluation_steps(self.steps_per_epoch)
         # fused: one kernel over all parameters; on CPU the foreach AdamW step took 30 % of a MiniLM step
         self.optimizer = torch.optim.AdamW(decay_groups(self.model, training.weight_decay),
                                            lr=training.learning_rate, fused=True)
@@ -92,6 +96,8 @@ class FineTuneRecipe:
         self.generator = torch.Generator().manual_seed(training.seed)
         self.score = self.objective.scores[0]  # chooses the run's best evaluation
         self.step, self.epoch, self.teacher_ids, self.teachers = 0, 0, None, None
+        self.epoch_left: list[torch.Tensor] = []  # the fresh batches of this epoch not trained on yet
+        self.evaluation = 0  # evaluations so far
         self.samples, self.train_seconds = 0, 0.0  # rows trained on (revisited ones count again), time in steps
         self.eval_seconds = 0.0
         self.best = {self.score: self.score.worst}
@@ -100,40 +106,51 @@ class FineTuneRecipe:
         self.setup_seconds = time.perf_counter() - self.started  # data, model, optimizer, checkpoint: this process
 
     def train(self, reporter: Reporter | None = None) -> dict:
-        """Train the remaining epochs; returns a summary (best validation scores, steps, seconds, …)."""
+        """Train the remaining steps; returns a summary (best validation scores, steps, seconds, …)."""
         reporter = reporter or Reporter()
         training, objective, model = self.config.training, self.objective, self.model
         groups, window, metrics = layer_groups(model), Window(), {}
-        for self.epoch in range(self.epoch + 1, training.epochs + 1):
-            model.train()
-            epoch_started = time.perf_counter()
-            for fresh in fresh_batches(objective.train_size, self.fresh_size, self.generator):
-                self.step += 1
-                ids = fresh if self.teachers is None else torch.cat([self.teacher_ids, fresh])
-                step = objective.forward(model, ids, self.teachers, self.step, self.total_steps)
-                grad_norms = optimizer_step(step.loss, model, self.optimizer, self.scheduler, groups, training,
-                                            self.step)
-                if self.method.dlb_batches:
-                    positions = revisited(len(ids), len(fresh), self.fresh_size, self.config.distill.reuse,
-                                          self.generator)
-                    self.teacher_ids = ids[positions]
-                    self.teachers = objective.keep(step, positions, self.step, self.total_steps)
-                self.samples += len(ids)
-                window.add(step.values)
-                report_step(reporter, window, self.step, self.total_steps, self.epoch, training.log_every,
-                            self.scheduler, grad_norms)
+        model.train()
+        steps_started = time.perf_counter()
+        while self.step < self.total_steps:
+            if not self.epoch_left:
+                self.epoch += 1
+                self.epoch_left = fresh_batches(objective.train_size, self.fresh_size, self.generator)
+            fresh = self.epoch_left.pop(0)
+            self.step += 1
+            ids = fresh if self.teachers is None else torch.cat([self.teacher_ids, fresh])
+            step = objective.forward(model, ids, self.teachers, self.step, self.total_steps)
+            grad_norms = optimizer_step(step.loss, model, self.optimizer, self.scheduler, groups, training, self.step)
+            if self.method.dlb_batches:
+                positions = revisited(len(ids), len(fresh), self.fresh_size, self.config.distill.reuse, self.generator)
+                self.teacher_ids = ids[positions]
+                self.teachers = objective.keep(step, positions, self.step, self.total_steps)
+            self.samples += len(ids)
+            window.add(step.values)
+            report_step(reporter, window, self.step, self.total_steps, self.epoch, training.log_every,
+                        self.scheduler, grad_norms)
 
-            evaluation_started = time.perf_counter()
-            self.train_seconds += evaluation_started - epoch_started
-            metrics = {str(name): value for name, value in objective.evaluate(model).items()}
-            self.eval_seconds += time.perf_counter() - evaluation_started
-            metrics |= {"step": self.step, "samples": self.samples, "train_seconds": self.train_seconds,
-                        "eval_seconds": self.eval_seconds, "setup_seconds": self.setup_seconds,
-                        "seconds": time.perf_counter() - self.started}
-            if self.score.better(metrics[self.score], self.best[self.score]):
-                self.best = {**metrics, "epoch": self.epoch}
-            reporter.log_epoch(self.epoch, {**metrics, self.score.best: self.best[self.score]}, self.save_checkpoint)
+            if self.steps_per_epoch - len(self.epoch_left) in self.evaluation_steps:
+                self.train_seconds += time.perf_counter() - steps_started
+                metrics = self._evaluate(reporter)
+                steps_started = time.perf_counter()
         return self._summary(metrics)
+
+    def _evaluate(self, reporter: Reporter) -> dict:
+        """Score validation and test, keep the best evaluation (validation chooses), report it with a checkpoint."""
+        started = time.perf_counter()
+        metrics = {str(name): value for name, value in self.objective.evaluate(self.model).items()}
+        self.eval_seconds += time.perf_counter() - started
+        self.evaluation += 1
+        trained_epochs = self.epoch - len(self.epoch_left) / self.steps_per_epoch
+        metrics |= {"trained_epochs": round(trained_epochs, 4), "step": self.step, "total_steps": self.total_steps,
+                    "samples": self.samples, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                    "setup_seconds": self.setup_seconds, "seconds": time.perf_counter() - self.started}
+        if self.score.better(metrics[self.score], self.best[self.score]):
+            self.best = metrics
+        reporter.log_evaluation(self.evaluation, {**metrics, self.score.best: self.best[self.score]},
+                                self.save_checkpoint)
+        return metrics
 
     def save_checkpoint(self, folder: str | Path) -> None:
         state = {
@@ -141,7 +158,8 @@ class FineTuneRecipe:
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-            "step": self.step, "epoch": self.epoch, "best": {str(k): v for k, v in self.best.items()},
+            "step": self.step, "epoch": self.epoch, "epoch_left": self.epoch_left, "evaluation": self.evaluation,
+            "best": {str(k): v for k, v in self.best.items()},
             "samples": self.samples, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
             "teacher_ids": self.teacher_ids, "teachers": vars(self.teachers) if self.teachers is not None else None,
         }
@@ -158,6 +176,8 @@ class FineTuneRecipe:
         if self.device.type == "cuda" and state["cuda_rng"] is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         self.step, self.epoch, self.best = state["step"], state["epoch"], state["best"]
+        # checkpoints before eval_every were taken at epoch ends, one evaluation per epoch
+        self.epoch_left, self.evaluation = state.get("epoch_left", []), state.get("evaluation", self.epoch)
         self.samples, self.train_seconds = state["samples"], state["train_seconds"]
         self.eval_seconds = state.get("eval_seconds", 0.0)
         if state["teachers"] is not None:
@@ -171,7 +191,8 @@ class FineTuneRecipe:
             **self.objective.summary(),
             **{score.best: self.best.get(score) for score in scores},
             **{score.test: self.best.get(score.test) for score in scores},  # test scores at the best validation
-            "best_epoch": self.best.get("epoch"),
+            "best_epoch": self.best.get("trained_epochs"),  # epochs trained at the best evaluation (0.25, 1, …)
+            "evaluations": self.evaluation,
             **{f"final_{name}": value for name, value in last.items() if name.startswith("val_")},
             "epochs": self.config.training.epochs,
             "steps": self.step,

@@ -1,4 +1,4 @@
-"""The Ray Tune trial function: one fine-tuning run, reported to Tune per epoch with a checkpoint and logged
+"""The Ray Tune trial function: one fine-tuning run, reported to Tune per evaluation with a checkpoint and logged
 to the trial's MLflow child run.
 
 The trial's ``config`` holds ``method`` and the searched fields as dotted paths (``distill.tau``); everything
@@ -23,7 +23,8 @@ from trainables.schema import flatten
 
 
 class TuneReporter(Reporter):
-    """Per logging step: metrics to MLflow. Per epoch: metrics to MLflow and to Tune, with a checkpoint, and the
+    """Per logging step: metrics to MLflow. Per evaluation: metrics to MLflow (its step is the evaluation's number)
+    and to Tune (one ``training_iteration`` each: what ASHA counts), with a checkpoint, and the
     seconds spent so far on MLflow (``log_seconds``, the run's creation included) and checkpoints."""
 
     def __init__(self, run: TrialRun, log_seconds: float = 0.0) -> None:
@@ -33,16 +34,16 @@ class TuneReporter(Reporter):
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step)  # buffered: sent with the epoch's metrics
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], save_checkpoint) -> None:
+    def log_evaluation(self, evaluation: int, metrics: dict[str, float], save_checkpoint) -> None:
         started = time.perf_counter()
-        self.run.log(metrics, epoch)
+        self.run.log(metrics, evaluation)
         self.run.flush()
         saving = time.perf_counter()
         self.log_seconds += saving - started
         with tempfile.TemporaryDirectory(prefix="selfd-checkpoint-") as folder:
             save_checkpoint(folder)
             self.checkpoint_seconds += time.perf_counter() - saving
-            tune.report({**metrics, "epoch": epoch, "log_seconds": self.log_seconds,
+            tune.report({**metrics, "evaluation": evaluation, "log_seconds": self.log_seconds,
                          "checkpoint_seconds": self.checkpoint_seconds},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
