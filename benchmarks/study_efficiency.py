@@ -41,15 +41,22 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"points_behind_grid": 1.0, "trial_seconds_vs_grid": 0.35}
 
 
-def run_study(spec: Path, study_dir: Path, overrides: list[str]) -> float:
-    """Wall seconds of ``selfd run`` (from process start to exit, report included)."""
+def run_study(spec: Path, study_dir: Path, overrides: list[str]) -> float | None:
+    """Wall seconds of ``selfd run`` (from process start to exit, report included). A study that finished in an
+    earlier run of this benchmark (``--study-root``) is read again, not re-run: its wall time is the one recorded
+    then (None if none was)."""
+    wall_file = study_dir / "benchmark_wall_seconds"
+    if (study_dir / "report" / "results.csv").is_file():
+        return float(wall_file.read_text()) if wall_file.is_file() else None
     command = [str(Path(sys.executable).with_name("selfd")), "run", str(spec), "--study-dir", str(study_dir)]
     for override in ["baselines=[]", *overrides]:
         command += ["--override", override]
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    wall_file.write_text(f"{wall:.1f}")
+    return wall
 
 
 def cost(trials: pd.DataFrame) -> dict:
@@ -71,7 +78,8 @@ def main() -> None:
                         "fraction of an epoch (default 0.2: 10 evaluations over 2 epochs, ASHA rungs at 1, 2, 4, 8)")
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA: evaluations before stopping (default 1)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
-    parser.add_argument("--study-root", type=Path, help="keep the studies here (default: a temporary folder)")
+    parser.add_argument("--study-root", type=Path, help="keep the studies here (default: a temporary folder); "
+                        "studies that finished there in an earlier run are read, not run again")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -99,23 +107,32 @@ def main() -> None:
     cells = grid.groupby(searched)
     chosen = cells[metric.best].mean().idxmax() if metric.mode == "max" else cells[metric.best].mean().idxmin()
     chosen = chosen if isinstance(chosen, tuple) else (chosen,)
-    grid_result = {**cost(grid), "wall_seconds": round(grid_wall, 1),
+    cell_means = cells[metric.best].mean()
+    grid_result = {**cost(grid), "wall_seconds": grid_wall and round(grid_wall, 1),
                    "selected": dict(zip(searched, map(float, chosen))),
-                   test: scores(cells.get_group(chosen)[test])}
+                   metric.best: scores(cells.get_group(chosen)[metric.best]),
+                   test: scores(cells.get_group(chosen)[test]),
+                   # how far apart validation sets the cells: a spread within its noise leaves any choice to luck
+                   "cells_validation_spread_points": round(100 * float(cell_means.max() - cell_means.min()), 2),
+                   "cells_test_spread_points": round(100 * float(cells[test].mean().max() - cells[test].mean().min()),
+                                                     2)}
     tpe_results = []
     for seed, wall, table in searches:
         search = table[table["phase"] == phases.search(method).name]
         rerun = table[table["phase"] == phases.rerun(method).name]
         tpe_results.append({
-            "search_seed": seed, **cost(search), "wall_seconds": round(wall, 1),
-            "evaluations": int(search["epochs"].sum()),
+            "search_seed": seed, **cost(search), "wall_seconds": wall and round(wall, 1),
+            "evaluations": int(search["evaluations"].sum()),
             "selected": {name: round(float(rerun[name].iloc[0]), 3) for name in searched},
+            metric.best: scores(rerun[metric.best]),
             test: scores(rerun[test]),
             "rerun_trial_seconds": round(float(rerun["seconds"].sum()), 1),
         })
 
     tpe_tests = [r[test]["mean"] for r in tpe_results]
     behind = 100 * (grid_result[test]["mean"] - statistics.mean(tpe_tests))
+    tpe_vals = [r[metric.best]["mean"] for r in tpe_results]
+    sign = 1 if metric.mode == "max" else -1
     seconds = statistics.mean(r["trial_seconds"] for r in tpe_results) / grid_result["trial_seconds"]
     with_reruns = statistics.mean(r["trial_seconds"] + r["rerun_trial_seconds"] for r in tpe_results) \
         / grid_result["trial_seconds"]
@@ -131,6 +148,9 @@ def main() -> None:
             f"tpe_asha_{test}": {"mean": round(statistics.mean(tpe_tests), 4),
                                  "std": round(statistics.stdev(tpe_tests), 4) if len(tpe_tests) > 1 else 0.0},
             "points_behind_grid": round(behind, 2),  # grid's selected setting − TPE + ASHA's, mean over searches
+            # the same on validation, what both searches chose on
+            "validation_points_behind_grid": round(sign * 100 * (grid_result[metric.best]["mean"]
+                                                                 - statistics.mean(tpe_vals)), 2),
             "trial_seconds_vs_grid": round(seconds, 3),
             "trial_seconds_with_reruns_vs_grid": round(with_reruns, 3),
         },

@@ -16,12 +16,13 @@ Supports:
   for decoder-only models (``model.lora``);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
-  steps the per-layer log10 mean |grad|; every epoch the validation and test scores, the optimizer steps and
-  samples so far, the seconds spent in training steps, evaluation and setup, and a function that saves a
-  checkpoint. The run's best epoch is chosen on validation; its test scores are reported beside it and choose
-  nothing;
-- exact resumption from a checkpoint: weights, optimizer, schedule, data order, CPU and CUDA random states and
-  the teachers.
+  steps the per-layer log10 mean |grad|; at every evaluation (each epoch's end, and every
+  ``training.eval_every`` steps or fraction of an epoch) the validation and test scores, the epochs, optimizer
+  steps and samples so far, the seconds spent in training steps, evaluation and setup, and a function that
+  saves a checkpoint. The run's best evaluation is chosen on validation; its test scores are reported beside it
+  and choose nothing;
+- exact resumption from a checkpoint, also one taken within an epoch: weights, optimizer, schedule, data order
+  (the rest of the epoch's batches), CPU and CUDA random states and the teachers.
 Refused at setup, with what to change: ``model.lora`` on a classification task; an odd ``batch_size`` for a DLB
 method (``RunConfig``); ``training.device: cuda`` without a visible GPU; ``model.num_labels`` that is not the
 task's label count. A loss that becomes NaN or infinite stops the run (``TrainingDiverged``).
