@@ -7,11 +7,14 @@
 # Optional: RAY_NUM_CPUS, RAY_NUM_GPUS, RAY_MEMORY_BYTES, RAY_OBJECT_STORE_BYTES (default: Ray's, 30 % of RAM
 # each, too much for several nodes on one machine), RAY_NODE_IP, RAY_TEMP_DIR (give each node on a shared
 # machine its own: nodes sharing one unpack each job's code over the others' copy); head only: RAY_PORT, RAY_DASHBOARD_HOST
-# (127.0.0.1), RAY_DASHBOARD_PORT (8265). SIGTERM stops the node (Ray takes up to ~20 s).
+# (127.0.0.1), RAY_DASHBOARD_PORT (8265). SIGTERM stops the node: within a few seconds, as selfd turns off
+# Ray's drain on SIGTERM (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0; Ray's default waits up to 30 s for Ray Serve
+# to move its replicas, and selfd runs no Serve; a trial on a stopped node is retried from its checkpoint).
 set -euo pipefail
 
 role=${1:-}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}
 if [[ $role != head && $role != worker ]]; then
   echo "usage: ray-node.sh head|worker" >&2
   exit 2
