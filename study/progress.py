@@ -73,8 +73,9 @@ class StudyProgress(tune.Callback):
     def _ended(self, trials: list, trial, outcome: str) -> None:
         self.ended_here += 1
         ended = self.before_phase + sum(t.status in ENDED or t is trial for t in trials)
-        setting = " ".join(f"{name.rpartition('.')[2]}={value:.4g}" if isinstance(value, float) else
-                           f"{name.rpartition('.')[2]}={value}" for name, value in trial.config.items())
+        # searched floats to 4 significant digits (TPE draws 1.2452504145361234)
+        setting = " ".join(f"{name.rpartition('.')[2]}={float(f'{value:.4g}') if isinstance(value, float) else value}"
+                           for name, value in trial.config.items())
         best = (trial.last_result or {}).get(self.metric.best)
         outcome = outcome or (f"{self.metric.best} {best:.3f}" if isinstance(best, float) else "ended")
         print(self.line(ended, f"{self.phase}: {setting}: {outcome}"), file=self.out or sys.stderr, flush=True)

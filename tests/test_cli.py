@@ -95,7 +95,8 @@ def test_selfd_train_prints_progress_and_a_json_summary(tmp_path):
     assert {"best_val_accuracy", "epochs", "steps", "seconds"} <= set(summary)
     progress = [line for line in result.stderr.splitlines() if line.startswith("step")]
     assert len(progress) == summary["steps"] // 2 and "kd" in progress[-1] and "α" in progress[-1]
-    assert any(line.startswith("epoch 1 done") for line in result.stderr.splitlines())
+    evaluation = f"evaluation 1 at step {summary['steps']} of {summary['steps']} (epoch 1): val loss "
+    assert any(line.startswith(evaluation) for line in result.stderr.splitlines()), result.stderr[-2000:]
 
 
 def test_odd_batch_is_fine_without_reuse(tmp_path, capsys):
