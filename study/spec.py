@@ -199,12 +199,12 @@ class StudySpec(RunSettings):
     def most_evaluations(self, method: str, train_size: int | None = None) -> int | None:
         """The most evaluations a trial of ``method`` reports (ASHA's ``max_t``). Without ``train_size`` only what
         is known before the data is loaded: an upper bound, or None where ``eval_every`` counts steps."""
+        runs = self.corner_runs(method)
         if train_size is not None:
-            return max(run.evaluations(train_size) for run in self.corner_runs(method))
-        if any(isinstance(run.training.eval_every, int) for run in self.corner_runs(method)):
+            return max(run.evaluations(train_size) for run in runs)
+        if any(isinstance(run.training.eval_every, int) for run in runs):
             return None
-        return max(run.training.epochs * math.ceil(1 / (run.training.eval_every or 1))
-                   for run in self.corner_runs(method))
+        return max(run.training.epochs * math.ceil(1 / (run.training.eval_every or 1)) for run in runs)
 
 
 def check_scheduler(spec: StudySpec, train_size: int | None = None) -> None:
