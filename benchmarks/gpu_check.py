@@ -200,8 +200,8 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     estimates = {}
     for name in SPECS:
         spec = load_spec(ROOT / "search_spaces" / name)
-        trials = {str(m): spec.method_search_trials(m) for m in spec.searched} | {str(m): len(spec.seeds)
-                                                                      for m in spec.fixed_baselines}
+        trials = {str(m): spec.method_search_trials(m) for m in spec.searched}
+        trials |= {str(m): len(spec.verdict_seeds) for m in spec.fixed_baselines}
         if spec.task.name in PUBLISHED_TRAIN:  # validation is carved from the published train split
             published = PUBLISHED_TRAIN[spec.task.name]
             train = published - math.ceil(published * spec.task.validation_fraction)

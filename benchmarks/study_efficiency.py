@@ -2,13 +2,13 @@
 
 The spec's searched method (its baselines dropped) is searched twice:
 
-- **grid**: the spec as it ships (every cell at every seed, one evaluation an epoch, no early stopping); the
-  selected setting is the cell with the best mean validation score over the seeds, and its score is that cell's
-  test score over the seeds (mean ± std);
-- **TPE + ASHA**, once per ``--search-seeds`` value (Optuna's sampler seed): ``--samples`` trials at the spec's
-  first seed, each searched field a range spanning the grid's values, evaluations every ``--eval-every`` of an
+- **grid**: the spec's grid, every cell at every one of ``--seeds`` (one evaluation an epoch, no early stopping,
+  no re-runs); the selected setting is the cell with the best mean validation score over the seeds, and its score
+  is that cell's test score over the seeds (mean ± std);
+- **TPE + ASHA**, once per ``--search-seeds`` value (Optuna's sampler seed): ``--samples`` trials at the first
+  of ``--seeds``, each searched field a range spanning the grid's values, evaluations every ``--eval-every`` of an
   epoch, ASHA with ``--grace-period`` evaluations and ``--reduction-factor``; its best trial's setting (on
-  validation) is then re-run at the grid's seeds (``rerun_best``), so its test score is a mean over the same
+  validation) is then re-run at ``--seeds`` (``rerun_best``), so its test score is a mean over the same
   seeds as the grid's.
 
 Compared: the test score of each selected setting (TPE's mean and spread over the search seeds) and the
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"points_behind_grid": 1.0, "trial_seconds_vs_grid": 0.35}
 
 
-def run_study(spec: Path, study_dir: Path, overrides: list[str]) -> float | None:
+def run_study(spec: Path, study_dir: Path, seeds: list[int], overrides: list[str]) -> float | None:
     """Wall seconds of ``selfd run`` (from process start to exit, report included). A study that finished in an
     earlier run of this benchmark (``--study-root``) is read again, not re-run: its wall time is the one recorded
     then (None if none was)."""
@@ -49,7 +49,7 @@ def run_study(spec: Path, study_dir: Path, overrides: list[str]) -> float | None
     if (study_dir / "report" / "results.csv").is_file():
         return float(wall_file.read_text()) if wall_file.is_file() else None
     command = [str(Path(sys.executable).with_name("selfd")), "run", str(spec), "--study-dir", str(study_dir)]
-    for override in ["baselines=[]", *overrides]:
+    for override in ["baselines=[]", f"seeds={json.dumps(seeds)}", *overrides]:
         command += ["--override", override]
     print(f"$ {' '.join(command)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
@@ -73,6 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "search_spaces" / "fig3_boolq_cpu.yaml")
     parser.add_argument("--samples", type=int, default=12, help="TPE trials per search (default 12)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds: the grid's, and those the TPE choices are re-run at (default 0 1 2)")
     parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2], help="TPE sampler seeds")
     parser.add_argument("--eval-every", type=float, default=0.2, help="TPE trials: evaluations every this "
                         "fraction of an epoch (default 0.2: 10 evaluations over 2 epochs, ASHA rungs at 1, 2, 4, 8)")
@@ -93,15 +95,15 @@ def main() -> None:
            f"search.space={yaml.safe_dump(ranges, default_flow_style=True).strip()}",
            f"training.eval_every={args.eval_every}", "scheduler.type=asha",
            f"scheduler.grace_period={args.grace_period}", f"scheduler.reduction_factor={args.reduction_factor}",
-           f"rerun_best.seeds={json.dumps(spec.seeds)}"]
+           f"rerun_best.seeds={json.dumps(args.seeds)}"]
 
     with tempfile.TemporaryDirectory(prefix="selfd-efficiency-") as scratch:
         root = args.study_root or Path(scratch)
-        grid_wall = run_study(args.spec, root / "grid", [])
+        grid_wall = run_study(args.spec, root / "grid", args.seeds, ["rerun_best=null"])
         grid = pd.read_csv(root / "grid" / "report" / "results.csv")
         searches = []
         for seed in args.search_seeds:
-            wall = run_study(args.spec, root / f"tpe_asha_seed{seed}", [*tpe, f"search.seed={seed}"])
+            wall = run_study(args.spec, root / f"tpe_asha_seed{seed}", args.seeds, [*tpe, f"search.seed={seed}"])
             searches.append((seed, wall, pd.read_csv(root / f"tpe_asha_seed{seed}" / "report" / "results.csv")))
 
     cells = grid.groupby(searched)
@@ -139,7 +141,7 @@ def main() -> None:
     report = {
         "benchmark": "study_efficiency",
         "spec": str(args.spec.relative_to(ROOT) if args.spec.is_relative_to(ROOT) else args.spec),
-        "method": str(method), "metric": str(metric), "seeds": spec.seeds,
+        "method": str(method), "metric": str(metric), "seeds": args.seeds,
         "tpe_asha": {"samples": args.samples, "ranges": ranges, "eval_every": args.eval_every,
                      "grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
         "grid": grid_result,

@@ -8,7 +8,7 @@ what the trials do not account for (wall − Σ trial wall ÷ concurrency) is Ra
 processes and imports, and the report; ``selfd report`` (run again) and ``selfd ui --screenshots`` are timed on
 their own.
 
-    python benchmarks/trial_time.py --json                               # fig3_rte_cpu.yaml at seed 0
+    python benchmarks/trial_time.py --json                               # fig3_rte_cpu.yaml as it ships
     python benchmarks/trial_time.py --spec S.yaml --override seeds=[0,1] --json
 """
 
@@ -50,11 +50,11 @@ def trial_parts(study_dir: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "search_spaces" / "fig3_rte_cpu.yaml")
-    parser.add_argument("--override", action="append", default=None, help="as selfd run's (default: seeds=[0])")
+    parser.add_argument("--override", action="append", default=None, help="as selfd run's (default: none)")
     parser.add_argument("--study-dir", type=Path, help="keep the study here (default: a temporary folder)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    overrides = args.override if args.override is not None else ["seeds=[0]"]
+    overrides = args.override or []
 
     from study.spec import load_spec
 

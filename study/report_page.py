@@ -103,7 +103,8 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
         ("Evaluations", "once an epoch" if spec.training.eval_every is None else
          f"every {spec.training.eval_every} {'steps' if isinstance(spec.training.eval_every, int) else 'epoch'} and "
          "at each epoch's end"),
-        ("Seeds", ", ".join(map(str, spec.seeds))),
+        ("Seeds", ", ".join(map(str, spec.seeds)) if not spec.rerun_best else
+         f"search {', '.join(map(str, spec.seeds))}; re-runs and baselines {', '.join(map(str, spec.verdict_seeds))}"),
         ("Trials", f"{len(table)} ({counts})" if len(table) else "none recorded"),
         ("Started", _time(parent_run.info.start_time)),
         ("MLflow run", f"{parent_run.info.run_name} ({parent_run.info.run_id})"),

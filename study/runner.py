@@ -1,7 +1,8 @@
 """Run a study: check everything it needs, then run its phases as Ray Tune experiments recorded in MLflow.
 
 Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
-1. ``baselines`` — each baseline method once per seed with the base settings (no early stopping);
+1. ``baselines`` — each baseline method once per verdict seed (``rerun_best.seeds`` when given, else ``seeds``)
+   with the base settings (no early stopping);
 2. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
    with every seed, TPE and random draw ``num_samples`` settings per method at the first seed;
 3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds.
@@ -119,7 +120,7 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
     progress = StudyProgress(sum(phase_trials(spec, phase) for phase in planned_phases(spec)), spec.metric)
     try:
         if spec.fixed_baselines:
-            _phase(spec, study_dir, tracking, progress, phases.BASELINES, _fixed(spec.fixed_baselines, spec.seeds))
+            _phase(spec, study_dir, tracking, progress, phases.BASELINES, _fixed(spec.fixed_baselines, spec.verdict_seeds))
         best = {}
         for method, search in _searches(spec, train_size).items():
             best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search).best
@@ -166,7 +167,7 @@ def planned_phases(spec: StudySpec) -> list[Phase]:
 
 def phase_trials(spec: StudySpec, phase: Phase) -> int:
     if phase.kind is PhaseKind.BASELINES:
-        return len(spec.fixed_baselines) * len(spec.seeds)
+        return len(spec.fixed_baselines) * len(spec.verdict_seeds)
     if phase.kind is PhaseKind.RERUN:
         return len(spec.rerun_best.seeds)
     return spec.method_search_trials(phase.method)

@@ -103,7 +103,8 @@ class Tracking(Strict):
 
 
 class Rerun(Strict):
-    """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison)."""
+    """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison); the
+    fixed baselines run on them too. Seeds apart from the search's give test scores that chose nothing."""
 
     seeds: list[int] = Field(min_length=2)
 
@@ -159,6 +160,12 @@ class StudySpec(RunSettings):
     def searched(self) -> list[Method]:
         """The methods with a search phase: ``methods``, and the baselines when ``tune_baselines``."""
         return [*self.methods, *(self.baselines if self.tune_baselines else [])]
+
+    @property
+    def verdict_seeds(self) -> list[int]:
+        """The seeds the verdicts pair on: ``rerun_best.seeds`` when the study re-runs its best settings, else
+        ``seeds``. The fixed baselines (the controls) run on these."""
+        return self.rerun_best.seeds if self.rerun_best else self.seeds
 
     @property
     def fixed_baselines(self) -> list[Method]:

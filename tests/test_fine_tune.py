@@ -15,13 +15,16 @@ from trainables.errors import ConfigError
 from trainables.recipe import fine_tune
 
 
-@pytest.mark.parametrize("method, precision, attention", [("vanilla", "fp32", None), ("dynamic", "auto", "eager")])
-def test_fine_tune_beats_the_majority_class(method, precision, attention):
+@pytest.mark.parametrize("method, precision, attention, frozen", [("vanilla", "fp32", None, False),
+                                                                  ("dynamic", "auto", "eager", True)])
+def test_fine_tune_beats_the_majority_class(method, precision, attention, frozen):
     # The full 6-block MiniLM on fever, the BoolQ-like task of fig3_boolq_cpu.yaml: its claims are short, so one
     # epoch of 960 examples is quick and learns (2 blocks, or epistemic_reasoning at this size, stay at the
-    # majority class). float32 with transformers' attention, and the CPU Figure 3 specs' settings (eager
-    # attention, bf16 autocast where the CPU has native bf16: emulated, this run would take many minutes).
-    config = fast_config(method, model={"num_layers": None, "attn_implementation": attention},
+    # majority class). float32 with transformers' attention and every weight trained, and the CPU Figure 3 specs'
+    # settings (eager attention, token embeddings frozen, bf16 autocast where the CPU has native bf16: emulated,
+    # this run would take many minutes).
+    config = fast_config(method, model={"num_layers": None, "attn_implementation": attention,
+                                        "freeze_embeddings": frozen},
                          task={"name": "fever", "max_length": 64, "train_subset": 960, "validation_subset": 400},
                          training={"epochs": 1, "batch_size": 16, "learning_rate": 1e-4, "log_every": 25,
                                    "grad_norm_every": 0, "precision": precision})
@@ -94,6 +97,21 @@ def test_reporter_gets_loss_parts_alpha_tau_grad_norms_and_epochs():
     assert first["setup_seconds"] == last["setup_seconds"] > 0
     assert round(last["setup_seconds"], 2) == summary["setup_seconds"]
     assert last["setup_seconds"] + last["train_seconds"] + last["eval_seconds"] <= last["seconds"]
+
+
+def test_frozen_embeddings_stay_as_pretrained_and_get_no_optimizer_state():
+    from trainables.recipe import FineTuneRecipe
+
+    recipe = FineTuneRecipe(fast_config("static", model={"freeze_embeddings": True}))
+    recipe.setup()
+    embeddings = recipe.model.get_input_embeddings().weight
+    before = {name: p.detach().clone() for name, p in recipe.model.named_parameters()}
+    recipe.train()
+    assert not embeddings.requires_grad and embeddings.grad is None
+    assert all(p is not embeddings for group in recipe.optimizer.param_groups for p in group["params"])
+    changed = {name for name, p in recipe.model.named_parameters() if not torch.equal(p, before[name])}
+    assert "bert.embeddings.word_embeddings.weight" not in changed
+    assert {"bert.embeddings.position_embeddings.weight", "classifier.weight"} <= changed  # the rest trains
 
 
 def test_same_seed_same_run_other_seed_other_run():

@@ -192,7 +192,7 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
             "tune_baselines": True, "seeds": [0], "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]},
                                                       "training.learning_rate": {"values": [1e-4]}}},
-            "rerun_best": {"seeds": [0, 1]}}
+            "rerun_best": {"seeds": [1, 2]}}  # fresh seeds: test scores that chose nothing
     study_dir = tmp_path / "study"
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
     # progress: a line per ended trial, counted against every phase's trials, with the time left from the 2nd on
@@ -202,6 +202,8 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
     assert sum("rerun-static: method=static" in line and "best_val_accuracy 0." in line for line in progress) == 2
     _, _, _, children = study_runs(study_dir)
     phases = sorted(c.data.tags["selfd.phase"] for c in children)
+    assert {c.data.params["training.seed"] for c in children if c.data.tags["selfd.phase"].startswith("rerun-")} \
+        == {"1", "2"}
     assert phases == (["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["rerun-vanilla_repeat"] * 2
                       + ["search-dynamic"] * 2 + ["search-static"] * 2 + ["search-vanilla_repeat"])
     # the tuned baseline searched the field it shares (the learning rate), not α, which it ignores

@@ -31,6 +31,7 @@ class ModelConfig(Strict):
     num_layers: int | None = Field(None, gt=0)
     num_labels: int | None = Field(None, gt=1)
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None  # None: transformers' choice
+    freeze_embeddings: bool = False  # keep the input token embeddings as pretrained (a cheaper step on a CPU)
     lora: LoraConfig | None = None  # decoder-only models: train adapters instead of every weight
 
 

@@ -12,6 +12,7 @@ Supports:
   previous step chose to revisit (``distill.reuse``) and B/2 fresh ones; a revisited sample's teacher is the
   logits it got in the previous step's own forward pass (no extra forward pass);
 - CUDA when present (``training.device``), else the CPU with one thread per CPU the run holds;
+  input token embeddings kept as pretrained (``model.freeze_embeddings``: MiniLM's are half its weights);
   bf16 autocast where the device has native bf16 (``training.precision: auto``), fused AdamW, LoRA adapters
   for decoder-only models (``model.lora``);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
@@ -82,6 +83,8 @@ class FineTuneRecipe:
                                                             self.method.rule(config.distill))
         seed_everything(training.seed)
         self.model = self.objective.load_model().to(self.device)
+        if config.model.freeze_embeddings:  # no gradient, no optimizer state for the token embedding matrix
+            self.model.get_input_embeddings().weight.requires_grad_(False)
 
         self.fresh_size = self.method.fresh_size(training.batch_size)
         self.steps_per_epoch = config.steps_per_epoch(self.objective.train_size)
