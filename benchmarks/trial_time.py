@@ -10,6 +10,7 @@ their own.
 
     python benchmarks/trial_time.py --json                               # fig3_rte_cpu.yaml as it ships
     python benchmarks/trial_time.py --spec S.yaml --override seeds=[0,1] --json
+    python benchmarks/trial_time.py --finished studies/fig3_rte_cpu --json  # the trials of a study that ran
 """
 
 from __future__ import annotations
@@ -47,41 +48,53 @@ def trial_parts(study_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "search_spaces" / "fig3_rte_cpu.yaml")
     parser.add_argument("--override", action="append", default=None, help="as selfd run's (default: none)")
     parser.add_argument("--study-dir", type=Path, help="keep the study here (default: a temporary folder)")
+    parser.add_argument("--finished", type=Path, metavar="STUDY_DIR",
+                        help="read the trials of a study that ran already (e.g. studies/fig3_rte_cpu after make "
+                             "demo) instead of running one; its wall time is then not measured")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     overrides = args.override or []
 
     from study.spec import load_spec
 
-    spec = load_spec(args.spec, overrides)
-    selfd = str(Path(sys.executable).with_name("selfd"))
-    with tempfile.TemporaryDirectory(prefix="selfd-trial-time-") as scratch:
-        study_dir = args.study_dir or Path(scratch) / "study"
-        run = [selfd, "run", str(args.spec), "--study-dir", str(study_dir)]
-        wall = timed(run + [part for o in overrides for part in ("--override", o)])
-        report = timed([selfd, "report", str(study_dir)])
-        screenshots = timed([selfd, "ui", str(study_dir), "--screenshots"])
-        table = trial_parts(study_dir)
+    if args.finished:
+        spec, table = load_spec(args.finished / "spec.yaml"), trial_parts(args.finished)
+        wall = report = screenshots = None
+    else:
+        spec = load_spec(args.spec, overrides)
+        selfd = str(Path(sys.executable).with_name("selfd"))
+        with tempfile.TemporaryDirectory(prefix="selfd-trial-time-") as scratch:
+            study_dir = args.study_dir or Path(scratch) / "study"
+            run = [selfd, "run", str(args.spec), "--study-dir", str(study_dir)]
+            wall = timed(run + [part for o in overrides for part in ("--override", o)])
+            report = timed([selfd, "report", str(study_dir)])
+            screenshots = timed([selfd, "ui", str(study_dir), "--screenshots"])
+            table = trial_parts(study_dir)
 
     table["other_in_trial_seconds"] = table["wall_seconds"] - table[list(PARTS)].sum(axis=1)
     columns = ["wall_seconds", *PARTS, "other_in_trial_seconds"]
     trial_wall = float(table["wall_seconds"].sum())
     result = {
-        "benchmark": "trial_time", "spec": args.spec.name, "overrides": overrides, "trials": len(table),
+        "benchmark": "trial_time", "spec": f"{spec.name}.yaml", "overrides": overrides,
+        "finished_study": args.finished and str(args.finished), "trials": len(table),
         "concurrency": spec.max_concurrent_trials,
         "mean_per_trial": {c: round(float(table[c].mean()), 2) for c in columns},
         "share_of_trial_wall": {c: round(float(table[c].sum()) / trial_wall, 3) for c in columns[1:]},
         "by_method": {method: {c: round(float(group[c].mean()), 2) for c in columns}
                       for method, group in table.groupby("method")},
-        "study": {"wall_seconds": round(wall, 1),
+        "study": {"wall_seconds": rounded(wall),
                   "trial_wall_per_concurrent_slot": round(trial_wall / spec.max_concurrent_trials, 1),
-                  "outside_trials_seconds": round(wall - trial_wall / spec.max_concurrent_trials, 1),
-                  "report_seconds": round(report, 1), "screenshots_seconds": round(screenshots, 1)},
+                  "outside_trials_seconds": rounded(wall and wall - trial_wall / spec.max_concurrent_trials),
+                  "report_seconds": rounded(report), "screenshots_seconds": rounded(screenshots)},
     }
     print(json.dumps(result, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 

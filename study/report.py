@@ -143,7 +143,7 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
              for i in range(len(y_values))]  # cells run over x within each y
     figure, axes = plt.subplots(figsize=(1.3 * len(x_values) + 3, 1.0 * len(y_values) + 2.4))
     image = axes.imshow(means, cmap="viridis", origin="lower", aspect="auto")
-    figure.colorbar(image, ax=axes, label=f"{spec.metric.test} (mean over seeds)")
+    figure.colorbar(image, ax=axes, label=f"{spec.metric.test}" + (" (mean over seeds)" if len(seeds) > 1 else ""))
     axes.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
     axes.set_yticks(range(len(y_values)), [f"{v:g}" for v in y_values])
     axes.set_xlabel(label(x))
@@ -153,7 +153,8 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
             continue
         i, j = y_values.index(cell["y"]), x_values.index(cell["x"])
         light = image.norm(cell["mean"]) > 0.6  # viridis is light at the top of its range: dark text there
-        axes.text(j, i, f"{cell['mean']:.3f}\n±{cell['std']:.3f}", ha="center", va="center", fontsize=8,
+        text = f"{cell['mean']:.3f}" + (f"\n±{cell['std']:.3f}" if cell["n"] > 1 else "")  # one seed: no spread
+        axes.text(j, i, text, ha="center", va="center", fontsize=8,
                   color="black" if light or cell is best else "white",
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
     bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
@@ -334,7 +335,7 @@ def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], compari
         best = data["best"]
         lines += ["", f"## {data['task']} · {data['method']}: the cell validation chose",
                   f"{label(data['x'])}={best['x']:g}, {label(data['y'])}={best['y']:g}: validation "
-                  f"{best['validation_mean']:.4f}, test {best['mean']:.4f} ± {best['std']:.4f} over {best['n']} seeds."]
+                  f"{best['validation_mean']:.4f}, test {cell_score(best, 4)}."]
     if traces:
         lines += ["", "Gradient-norm traces: " + ", ".join(f"`grad_norms/{t}`" for t in traces)]
     if importance:
@@ -345,12 +346,19 @@ def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], compari
     return "\n".join(lines) + "\n"
 
 
+def cell_score(cell: dict, digits: int) -> str:
+    """A heatmap cell's test score: mean ± std over its seeds, or its one seed's score."""
+    if cell["n"] > 1:
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f} over {cell['n']} seeds"
+    return f"{cell['mean']:.{digits}f} at one seed"
+
+
 def headline(data: dict) -> str:
     """A heatmap in one line: the cell validation chose, its test score and its verdicts."""
     best = data["best"]
     words = "; ".join(f"vs {v['control']}: {v['word']}" for v in data["verdicts"])
     return (f"{data['task']} · {data['method']}: chosen on validation {label(data['x'])}={best['x']:g}, "
-            f"{label(data['y'])}={best['y']:g}: test {best['mean']:.3f} ± {best['std']:.3f}"
+            f"{label(data['y'])}={best['y']:g}: test {cell_score(best, 3)}"
             + (f"; {words}" if words else ""))
 
 

@@ -120,7 +120,8 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
     progress = StudyProgress(sum(phase_trials(spec, phase) for phase in planned_phases(spec)), spec.metric)
     try:
         if spec.fixed_baselines:
-            _phase(spec, study_dir, tracking, progress, phases.BASELINES, _fixed(spec.fixed_baselines, spec.verdict_seeds))
+            controls = _fixed(spec.fixed_baselines, spec.verdict_seeds)
+            _phase(spec, study_dir, tracking, progress, phases.BASELINES, controls)
         best = {}
         for method, search in _searches(spec, train_size).items():
             best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search).best
