@@ -62,6 +62,8 @@ def main() -> None:
                              "demo) instead of running one; its wall time is then not measured")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    if args.finished and (args.override or args.study_dir):
+        parser.error("--finished reads a study that ran; --override and --study-dir shape one to run")
     overrides = args.override or []
 
     from study.spec import load_spec

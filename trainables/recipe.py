@@ -12,9 +12,9 @@ Supports:
   previous step chose to revisit (``distill.reuse``) and B/2 fresh ones; a revisited sample's teacher is the
   logits it got in the previous step's own forward pass (no extra forward pass);
 - CUDA when present (``training.device``), else the CPU with one thread per CPU the run holds;
-  input token embeddings kept as pretrained (``model.freeze_embeddings``: MiniLM's are half its weights);
   bf16 autocast where the device has native bf16 (``training.precision: auto``), fused AdamW, LoRA adapters
   for decoder-only models (``model.lora``);
+- input token embeddings kept as pretrained (``model.freeze_embeddings``; MiniLM's are half its weights);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
   steps the per-layer log10 mean |grad|; at every evaluation (each epoch's end, and every
