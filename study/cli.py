@@ -129,7 +129,7 @@ def _validate(args) -> int:
     spec = load_spec(args.spec, args.override)
     print(f"{args.spec}: valid study '{spec.name}': {spec.search_trials()} search trials "
           f"({spec.search.algorithm}, {', '.join(spec.searched)}), "
-          f"{len(spec.fixed_baselines) * len(spec.verdict_seeds)} baseline trials"
+          f"{spec.baseline_trials} baseline trials"
           + (f", {len(spec.searched) * len(spec.rerun_best.seeds)} re-run trials" if spec.rerun_best else ""))
     return 0
 

@@ -168,7 +168,7 @@ def planned_phases(spec: StudySpec) -> list[Phase]:
 
 def phase_trials(spec: StudySpec, phase: Phase) -> int:
     if phase.kind is PhaseKind.BASELINES:
-        return len(spec.fixed_baselines) * len(spec.verdict_seeds)
+        return spec.baseline_trials
     if phase.kind is PhaseKind.RERUN:
         return len(spec.rerun_best.seeds)
     return spec.method_search_trials(phase.method)

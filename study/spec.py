@@ -172,6 +172,11 @@ class StudySpec(RunSettings):
         """The baselines run at the base settings (none when ``tune_baselines``)."""
         return [] if self.tune_baselines else list(self.baselines)
 
+    @property
+    def baseline_trials(self) -> int:
+        """Trials of the baselines phase: each fixed baseline at each verdict seed."""
+        return len(self.fixed_baselines) * len(self.verdict_seeds)
+
     def space_for(self, method: str) -> dict[str, Dimension]:
         """The searched fields that apply to ``method``: all of them, but ``distill.*`` only for methods that
         distil (vanilla and vanilla_repeat ignore α and τ)."""
