@@ -11,7 +11,8 @@ import torch
 
 from conftest import fast_config
 from trainables import classification, losses
-from trainables.recipe import fine_tune
+from trainables.batching import GROUP_BATCHES, fresh_batches
+from trainables.recipe import fine_tune, load_data
 
 
 def run_recorded(monkeypatch, config):
@@ -50,9 +51,9 @@ def run_recorded(monkeypatch, config):
     return steps, summary
 
 
-@pytest.mark.parametrize("reuse", ["previous", "random"])
-def test_dlb_batches_and_teachers_over_real_epochs(monkeypatch, reuse):
-    config = fast_config("static", training={"epochs": 2}, distill={"reuse": reuse})
+@pytest.mark.parametrize("reuse, grouped", [("previous", False), ("random", False), ("random", True)])
+def test_dlb_batches_and_teachers_over_real_epochs(monkeypatch, reuse, grouped):
+    config = fast_config("static", training={"epochs": 2, "group_by_length": grouped}, distill={"reuse": reuse})
     steps, summary = run_recorded(monkeypatch, config)
     n, half = summary["train_size"], config.training.batch_size // 2
     per_epoch = math.ceil(n / half)
@@ -85,6 +86,12 @@ def test_dlb_batches_and_teachers_over_real_epochs(monkeypatch, reuse):
     # every sample is fresh exactly once an epoch
     for fresh in fresh_by_epoch:
         assert sorted(fresh) == list(range(n))
+    if grouped:  # fresh samples come longest first within each group of GROUP_BATCHES batches
+        lengths = load_data(config).train_lengths
+        for fresh in fresh_by_epoch:
+            for start in range(0, n, GROUP_BATCHES * half):
+                group = lengths[fresh[start:start + GROUP_BATCHES * half]]
+                assert torch.equal(group, group.sort(descending=True).values)
     # the cache crosses the epoch boundary (and evaluation in between leaves it alone)
     assert steps[per_epoch]["kd"] is not None
 
@@ -95,3 +102,23 @@ def test_vanilla_uses_plain_batches_without_teachers(monkeypatch):
     assert all(step["kd"] is None for step in steps)
     assert len(steps) == math.ceil(summary["train_size"] / config.training.batch_size)
     assert sorted(torch.cat([s["ids"] for s in steps]).tolist()) == list(range(summary["train_size"]))
+
+
+def test_length_grouped_batches_reorder_within_groups_and_pad_fewer_tokens():
+    """On the RTE-like task's real token lengths (max_length 64, as fig3_rte_cpu.yaml): grouping only reorders
+    samples within each group of GROUP_BATCHES batches of the epoch's shuffled order, and pads far fewer tokens."""
+    config = fast_config("static", model={"num_layers": 1}, task={"max_length": 64, "train_subset": None})
+    lengths = load_data(config).train_lengths
+    size = 8
+    plain = fresh_batches(len(lengths), size, torch.Generator().manual_seed(0))
+    grouped = fresh_batches(len(lengths), size, torch.Generator().manual_seed(0), lengths)
+    assert len(lengths) > 2 * GROUP_BATCHES * size  # several groups
+    for start in range(0, len(plain), GROUP_BATCHES):
+        assert sorted(torch.cat(plain[start:start + GROUP_BATCHES]).tolist()) == \
+            sorted(torch.cat(grouped[start:start + GROUP_BATCHES]).tolist())
+    assert [len(batch) for batch in plain] == [len(batch) for batch in grouped]
+
+    def padded_tokens(batches):
+        return sum(len(batch) * int(lengths[batch].max()) for batch in batches)
+
+    assert padded_tokens(grouped) < 0.8 * padded_tokens(plain)

@@ -114,6 +114,32 @@ def test_frozen_embeddings_stay_as_pretrained_and_get_no_optimizer_state():
     assert {"bert.embeddings.position_embeddings.weight", "classifier.weight"} <= changed  # the rest trains
 
 
+def test_frozen_layers_stay_as_pretrained_and_the_blocks_above_train():
+    from trainables.recipe import FineTuneRecipe
+
+    recipe = FineTuneRecipe(fast_config("static", model={"freeze_layers": 1}))
+    recipe.setup()
+    before = {name: p.detach().clone() for name, p in recipe.model.named_parameters()}
+    recipe.train()
+    changed = {name for name, p in recipe.model.named_parameters() if not torch.equal(p, before[name])}
+    frozen = {name for name in before if name.startswith(("bert.embeddings.", "bert.encoder.layer.0."))}
+    assert frozen and not frozen & changed
+    assert {name for name in before if name.startswith("bert.encoder.layer.1.")} <= changed
+    assert "classifier.weight" in changed
+    optimized = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(p) for name, p in recipe.model.named_parameters() if name not in frozen}
+
+
+def test_freezing_more_layers_than_the_model_has_is_refused_with_the_count():
+    from trainables.recipe import FineTuneRecipe
+
+    with pytest.raises(ConfigError, match="freeze_layers is 3 but num_layers keeps 2 transformer blocks"):
+        fast_config("static", model={"freeze_layers": 3})
+    recipe = FineTuneRecipe(fast_config("static", model={"num_layers": None, "freeze_layers": 7}))
+    with pytest.raises(ConfigError, match="freeze_layers is 7 but the model has 6 transformer blocks; freeze at most"):
+        recipe.setup()
+
+
 def test_same_seed_same_run_other_seed_other_run():
     first = RecordingReporter()
     fine_tune(fast_config("static"), first)

@@ -5,6 +5,10 @@ exactly once an epoch); R_t are samples of step t-1, whose teacher is the logits
 forward pass — stored detached, so no extra forward pass is ever run. ``reuse="previous"`` revisits step
 t-1's fresh samples (R_t = F_{t-1}); ``reuse="random"`` revisits a random half-batch of step t-1 ("Random
 DLB"). Step 1 revisits nothing, and the teachers carry across epoch boundaries.
+
+Grouped by length (``training.group_by_length``), the epoch's shuffled order is cut into groups of
+``GROUP_BATCHES`` batches and each group is sorted longest first, as transformers' ``group_by_length``: a batch
+holds samples of similar lengths, and so does the step after it, whose batch it shares on DLB batches.
 """
 
 from __future__ import annotations
@@ -15,9 +19,19 @@ import torch
 from torch import Tensor
 
 
-def fresh_batches(num_samples: int, size: int, generator: torch.Generator) -> list[Tensor]:
-    """One epoch of sample indices in a seeded random order, cut into batches of ``size``."""
-    return list(torch.randperm(num_samples, generator=generator).split(size))
+GROUP_BATCHES = 50  # batches a length-sorted group holds (transformers' LengthGroupedSampler uses 50 too)
+
+
+def fresh_batches(num_samples: int, size: int, generator: torch.Generator,
+                  lengths: Tensor | None = None) -> list[Tensor]:
+    """One epoch of sample indices in a seeded random order, cut into batches of ``size``; with the samples'
+    ``lengths``, each group of ``GROUP_BATCHES`` batches is sorted longest first before it is cut."""
+    order = torch.randperm(num_samples, generator=generator)
+    if lengths is None:
+        return list(order.split(size))
+    groups = order.split(GROUP_BATCHES * size)
+    return [batch for group in groups
+            for batch in group[torch.argsort(lengths[group], descending=True, stable=True)].split(size)]
 
 
 def revisited(num_ids: int, num_fresh: int, size: int, reuse: Literal["previous", "random"],

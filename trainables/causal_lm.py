@@ -56,6 +56,7 @@ class CausalLMObjective:
         self.train_rows = [torch.tensor(r) for r in train["input_ids"]], [torch.tensor(r) for r in train["labels"]]
         self.validation, self.test = validation.with_format("torch"), test.with_format("torch")
         self.train_size, self.validation_size, self.test_size = len(self.train_rows[0]), len(validation), len(test)
+        self.train_lengths = torch.tensor([len(row) for row in self.train_rows[0]])  # tokens per sequence
 
     def load_model(self):
         model = self.config.model

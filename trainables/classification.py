@@ -60,6 +60,7 @@ class ClassificationObjective:
         self.collate = functools.partial(_collate, pad_token_id=self.tokenizer.pad_token_id, device=device)
         self.train_size, self.validation_size = len(self.train_rows["labels"]), len(self.validation_rows["labels"])
         self.test_size = len(self.test_rows["labels"])
+        self.train_lengths = torch.tensor([len(row) for row in self.train_rows["input_ids"]])  # tokens per sample
 
     def load_model(self):
         model = self.config.model

@@ -32,7 +32,15 @@ class ModelConfig(Strict):
     num_labels: int | None = Field(None, gt=1)
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None  # None: transformers' choice
     freeze_embeddings: bool = False  # keep the input token embeddings as pretrained (a cheaper step on a CPU)
+    freeze_layers: int = Field(0, ge=0)  # keep the lowest this many transformer blocks as pretrained (no backward)
     lora: LoraConfig | None = None  # decoder-only models: train adapters instead of every weight
+
+    @model_validator(mode="after")
+    def _frozen_blocks_exist(self) -> ModelConfig:
+        if self.num_layers and self.freeze_layers > self.num_layers:
+            raise ValueError(f"freeze_layers is {self.freeze_layers} but num_layers keeps {self.num_layers} "
+                             f"transformer blocks; freeze at most {self.num_layers}")
+        return self
 
 
 class Columns(Strict):
@@ -85,6 +93,9 @@ class TrainingConfig(Strict):
     # with a point, up to 1.0); every epoch also ends with one. Default: once an epoch. ASHA decides at evaluations
     eval_every: int | float | None = Field(None, gt=0)
     eval_batch_size: int = Field(64, gt=0)
+    # batches of samples of similar lengths (fewer padding tokens): as transformers' group_by_length, each epoch's
+    # shuffled order is cut into groups of 50 batches, each group sorted longest first
+    group_by_length: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the device has native bf16
     cpus: int | None = Field(None, gt=0)  # CPU threads; default: the CPUs this process may run on

@@ -14,7 +14,10 @@ Supports:
 - CUDA when present (``training.device``), else the CPU with one thread per CPU the run holds;
   bf16 autocast where the device has native bf16 (``training.precision: auto``), fused AdamW, LoRA adapters
   for decoder-only models (``model.lora``);
-- input token embeddings kept as pretrained (``model.freeze_embeddings``; MiniLM's are half its weights);
+- weights kept as pretrained: the input token embeddings (``model.freeze_embeddings``; MiniLM's are half its
+  weights), or the embedding layer and the lowest transformer blocks (``model.freeze_layers``: no backward pass
+  through them);
+- batches of similar lengths (``training.group_by_length``: fewer padding tokens);
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
   steps the per-layer log10 mean |grad|; at every evaluation (each epoch's end, and every
@@ -26,7 +29,8 @@ Supports:
   (the rest of the epoch's batches), CPU and CUDA random states and the teachers.
 Refused at setup, with what to change: ``model.lora`` on a classification task; an odd ``batch_size`` for a DLB
 method (``RunConfig``); ``training.device: cuda`` without a visible GPU; ``model.num_labels`` that is not the
-task's label count. A loss that becomes NaN or infinite stops the run (``TrainingDiverged``).
+task's label count; ``model.freeze_layers`` above the model's transformer blocks. A loss that becomes NaN or
+infinite stops the run (``TrainingDiverged``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from trainables.causal_lm import CausalLMObjective
 from trainables.classification import ClassificationObjective
 from trainables.config import RunConfig
 from trainables.devices import mixed_precision, pick_device, use_cpu_threads
-from trainables.errors import TrainingDiverged
+from trainables.errors import ConfigError, TrainingDiverged
 from trainables.grad_norms import layer_groups, log10_grad_norms
 from trainables.methods import METHODS
 from trainables.task_kinds import TaskKind, check_combination, task_kind
@@ -83,8 +87,7 @@ class FineTuneRecipe:
                                                             self.method.rule(config.distill))
         seed_everything(training.seed)
         self.model = self.objective.load_model().to(self.device)
-        if config.model.freeze_embeddings:  # no gradient, no optimizer state for the token embedding matrix
-            self.model.get_input_embeddings().weight.requires_grad_(False)
+        freeze_pretrained(self.model, config.model.freeze_embeddings, config.model.freeze_layers)
 
         self.fresh_size = self.method.fresh_size(training.batch_size)
         self.steps_per_epoch = config.steps_per_epoch(self.objective.train_size)
@@ -119,7 +122,8 @@ class FineTuneRecipe:
         while self.step < self.total_steps:
             if not self.epoch_left:
                 self.epoch += 1
-                self.epoch_left = fresh_batches(objective.train_size, self.fresh_size, self.generator)
+                self.epoch_left = fresh_batches(objective.train_size, self.fresh_size, self.generator,
+                                                objective.train_lengths if training.group_by_length else None)
             fresh = self.epoch_left.pop(0)
             self.step += 1
             ids = fresh if self.teachers is None else torch.cat([self.teacher_ids, fresh])
@@ -223,6 +227,24 @@ def load_data(config: RunConfig):
     """The objective of ``config``'s task kind with its data loaded on the CPU (fetched, split and tokenized into
     the cache when no earlier run did it): what the driver runs once before a study's trials."""
     return OBJECTIVES[task_kind(config.task)](config, torch.device("cpu"), None, None)
+
+
+def freeze_pretrained(model, embeddings: bool, layers: int) -> None:
+    """Keep weights as pretrained: the input token embedding matrix (``embeddings``), and with ``layers`` the whole
+    embedding layer and the lowest ``layers`` transformer blocks. Frozen weights get no gradient and no optimizer
+    state; below the lowest trained weight, no backward pass runs at all."""
+    if embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if not layers:
+        return
+    groups = layer_groups(model)
+    blocks = [name for name in groups if name.startswith("block_")]
+    if layers > len(blocks):
+        raise ConfigError(f"model.freeze_layers is {layers} but the model has {len(blocks)} transformer blocks; "
+                          f"freeze at most {len(blocks)}")
+    for name in ("embeddings", *blocks[:layers]):
+        for parameter in groups.get(name, ()):
+            parameter.requires_grad_(False)
 
 
 def optimizer_step(loss, model, optimizer, scheduler, groups, training, step: int) -> dict[str, float]:
