@@ -225,12 +225,16 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
 
 
 def prepare_data(spec: StudySpec) -> int:
-    """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here);
-    returns the training set's size."""
+    """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here), and
+    check what needs the model's config; returns the training set's size."""
     from trainables.config import parse_config
-    from trainables.recipe import load_data
+    from trainables.models import transformer_block_count
+    from trainables.recipe import check_frozen_layers, load_data
 
-    return load_data(parse_config(spec.base_run(spec.methods[0]))).train_size
+    config = parse_config(spec.base_run(spec.methods[0]))
+    objective = load_data(config)
+    check_frozen_layers(config.model, config.model.num_layers or transformer_block_count(objective.model_path))
+    return objective.train_size
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,13 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def transformer_block_count(path: str) -> int:
+    """The transformer blocks of the model at ``path`` (what ``resolve_model`` returned), from its config alone."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).num_hidden_layers
+
+
 def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, num_layers: int | None = None,
                     attn_implementation: str | None = None):
     """A pretrained model with a freshly initialised ``len(label_names)``-way classification head.

@@ -87,7 +87,7 @@ class FineTuneRecipe:
                                                             self.method.rule(config.distill))
         seed_everything(training.seed)
         self.model = self.objective.load_model().to(self.device)
-        freeze_pretrained(self.model, config.model.freeze_embeddings, config.model.freeze_layers)
+        freeze_pretrained(self.model, config.model)
 
         self.fresh_size = self.method.fresh_size(training.batch_size)
         self.steps_per_epoch = config.steps_per_epoch(self.objective.train_size)
@@ -229,22 +229,27 @@ def load_data(config: RunConfig):
     return OBJECTIVES[task_kind(config.task)](config, torch.device("cpu"), None, None)
 
 
-def freeze_pretrained(model, embeddings: bool, layers: int) -> None:
-    """Keep weights as pretrained: the input token embedding matrix (``embeddings``), and with ``layers`` the whole
-    embedding layer and the lowest ``layers`` transformer blocks. Frozen weights get no gradient and no optimizer
-    state; below the lowest trained weight, no backward pass runs at all."""
-    if embeddings:
+def freeze_pretrained(model, settings) -> None:
+    """Keep weights as pretrained (``settings``: a ``ModelConfig``): the input token embedding matrix
+    (``freeze_embeddings``), and with ``freeze_layers`` the whole embedding layer and the lowest transformer blocks.
+    Frozen weights get no gradient and no optimizer state; below the lowest trained weight no backward pass runs."""
+    if settings.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    if not layers:
+    if not settings.freeze_layers:
         return
     groups = layer_groups(model)
     blocks = [name for name in groups if name.startswith("block_")]
-    if layers > len(blocks):
-        raise ConfigError(f"model.freeze_layers is {layers} but the model has {len(blocks)} transformer blocks; "
-                          f"freeze at most {len(blocks)}")
-    for name in ("embeddings", *blocks[:layers]):
+    check_frozen_layers(settings, len(blocks))
+    for name in ("embeddings", *blocks[:settings.freeze_layers]):
         for parameter in groups.get(name, ()):
             parameter.requires_grad_(False)
+
+
+def check_frozen_layers(settings, blocks: int) -> None:
+    """``settings.freeze_layers`` (a ``ModelConfig``) must not exceed the model's ``blocks``."""
+    if settings.freeze_layers > blocks:
+        raise ConfigError(f"model.freeze_layers is {settings.freeze_layers} but {settings.name} has {blocks} "
+                          f"transformer blocks; freeze at most {blocks}")
 
 
 def optimizer_step(loss, model, optimizer, scheduler, groups, training, step: int) -> dict[str, float]:
