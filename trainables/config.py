@@ -32,7 +32,7 @@ class ModelConfig(Strict):
     num_labels: int | None = Field(None, gt=1)
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None  # None: transformers' choice
     freeze_embeddings: bool = False  # keep the input token embeddings as pretrained (a cheaper step on a CPU)
-    freeze_layers: int = Field(0, ge=0)  # keep the lowest this many transformer blocks as pretrained (no backward)
+    freeze_layers: int = Field(0, ge=0)  # keep the embedding layer and the lowest N blocks as pretrained (no backward)
     lora: LoraConfig | None = None  # decoder-only models: train adapters instead of every weight
 
     @model_validator(mode="after")
