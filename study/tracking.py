@@ -183,6 +183,10 @@ def _send(client: MlflowClient, tracking: Tracking, trial_id: str, records: list
         client.log_batch(run_id, params=[Param(k, v) for k, v in created["params"].items()])
     else:
         run_id = run.info.run_id
+        # the server went away between creating the run and logging its params: log the ones it lacks
+        missing = {k: v for k, v in (created or {}).get("params", {}).items() if k not in run.data.params}
+        if missing:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
     metrics = [Metric(*m) for r in records if "metrics" in r for m in r["metrics"]]
     for start in range(0, len(metrics), BATCH_LIMIT):
         client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])

@@ -69,3 +69,26 @@ def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
         assert "results.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     finally:
         stop_process_group(server)
+
+
+def test_sync_logs_the_params_of_a_run_created_just_before_the_outage(tmp_path):
+    """The race CI once hit: the server stopped between a trial's create_run and the log_batch of its params, so
+    the run exists (found by its trial tag) without params, and the trial kept a create record. The state is
+    built with a real sqlite store; `send_unsent` must log the params the run lacks."""
+    from study.tracking import Tracking, send_unsent
+    from trainables.mlflow_run import TRIAL_ID_TAG, UNSENT_DIR, keep_unsent
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("race")
+    parent = client.create_run(experiment).info.run_id
+    tags = {"mlflow.parentRunId": parent, TRIAL_ID_TAG: "t1"}
+    child = client.create_run(experiment, run_name="trial", tags=tags).info.run_id
+    params = {"method": "static", "distill.alpha": "0.5"}
+    keep_unsent(tmp_path / UNSENT_DIR, "t1", {"create": {"experiment_id": experiment, "run_name": "trial",
+                                                          "tags": tags, "params": params}})
+    keep_unsent(tmp_path / UNSENT_DIR, "t1", {"metrics": [["val_accuracy", 0.6, 0, 1]]})
+    assert send_unsent(tmp_path, Tracking(uri, experiment, parent)) == 0
+    run = client.get_run(child)
+    assert run.data.params == params and run.data.metrics == {"val_accuracy": 0.6}
+    assert len(client.search_runs([experiment])) == 2  # no second child run
