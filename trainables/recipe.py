@@ -45,7 +45,7 @@ import torch
 from trainables.batching import fresh_batches, revisited
 from trainables.causal_lm import CausalLMObjective
 from trainables.classification import ClassificationObjective
-from trainables.config import RunConfig
+from trainables.config import ModelConfig, RunConfig
 from trainables.devices import mixed_precision, pick_device, use_cpu_threads
 from trainables.errors import ConfigError, TrainingDiverged
 from trainables.grad_norms import layer_groups, log10_grad_norms
@@ -229,8 +229,8 @@ def load_data(config: RunConfig):
     return OBJECTIVES[task_kind(config.task)](config, torch.device("cpu"), None, None)
 
 
-def freeze_pretrained(model, settings) -> None:
-    """Keep weights as pretrained (``settings``: a ``ModelConfig``): the input token embedding matrix
+def freeze_pretrained(model, settings: ModelConfig) -> None:
+    """Keep weights as pretrained: the input token embedding matrix
     (``freeze_embeddings``), and with ``freeze_layers`` the whole embedding layer and the lowest transformer blocks.
     Frozen weights get no gradient and no optimizer state; below the lowest trained weight no backward pass runs."""
     if settings.freeze_embeddings:
@@ -245,8 +245,8 @@ def freeze_pretrained(model, settings) -> None:
             parameter.requires_grad_(False)
 
 
-def check_frozen_layers(settings, blocks: int) -> None:
-    """``settings.freeze_layers`` (a ``ModelConfig``) must not exceed the model's ``blocks``."""
+def check_frozen_layers(settings: ModelConfig, blocks: int) -> None:
+    """``settings.freeze_layers`` must not exceed the model's ``blocks``."""
     if settings.freeze_layers > blocks:
         raise ConfigError(f"model.freeze_layers is {settings.freeze_layers} but {settings.name} has {blocks} "
                           f"transformer blocks; freeze at most {blocks}")
