@@ -140,14 +140,25 @@ class StudySpec(RunSettings):
             raise ValueError("use letters, digits, '_', '-' and '.' (it names folders and the MLflow experiment)")
         return name
 
+    @model_validator(mode="after")
+    def _one_metric(self) -> StudySpec:
+        chooser = self.training.metric_for_best_model
+        if chooser is not None and chooser != self.metric:
+            raise ValueError(f"training.metric_for_best_model ({chooser}) differs from metric ({self.metric}): a "
+                             "study's metric chooses both its trials' best evaluations and its best trials; set "
+                             "metric alone")
+        return self
+
     @property
     def mode(self) -> str:
         return self.metric.mode
 
     def base_run(self, method: str) -> dict:
-        """The run config (as a dict) every trial of ``method`` starts from."""
+        """The run config (as a dict) every trial of ``method`` starts from; its best evaluation is chosen on the
+        study's metric."""
+        training = {**self.training.model_dump(), "metric_for_best_model": self.metric}
         return {"method": method, "model": self.model.model_dump(), "task": self.task.model_dump(),
-                "training": self.training.model_dump(), "distill": self.distill.model_dump()}
+                "training": training, "distill": self.distill.model_dump()}
 
     @property
     def heatmap_axes(self) -> list[tuple[str, str]]:

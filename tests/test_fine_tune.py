@@ -130,6 +130,33 @@ def test_frozen_layers_stay_as_pretrained_and_the_blocks_above_train():
     assert optimized == {id(p) for name, p in recipe.model.named_parameters() if name not in frozen}
 
 
+def test_evaluation_feeds_the_frozen_blocks_outputs_back_with_the_same_scores():
+    from trainables.frozen_prefix import FrozenPrefix
+    from trainables.recipe import FineTuneRecipe
+
+    recipe = FineTuneRecipe(fast_config("static", model={"freeze_layers": 1}))
+    recipe.setup()
+    recipe.train()  # one evaluation: block 0's outputs kept for every validation and test batch
+    objective, model = recipe.objective, recipe.model
+    prefix = objective.frozen_prefix
+    batches = -(-objective.validation_size // objective.config.training.eval_batch_size)
+    assert {key for key in prefix.kept if key[0] == "validation"} == {("validation", i) for i in range(batches)}
+    replayed = objective.score_validation(model)  # block 1 and the head only, checked against a whole pass
+    assert prefix.active and prefix.checked
+    objective.frozen_prefix = FrozenPrefix(model, 0)
+    assert objective.score_validation(model) == replayed  # the whole model: equal, bit for bit
+
+    # a fault the contract excludes (a frozen block that changed): the check drops what was kept
+    objective.frozen_prefix = FrozenPrefix(model, 1)
+    objective.score_validation(model)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.dense.weight.mul_(1.5)
+    changed = objective.score_validation(model)
+    assert not objective.frozen_prefix.active and not objective.frozen_prefix.kept
+    objective.frozen_prefix = FrozenPrefix(model, 0)
+    assert objective.score_validation(model) == changed != replayed
+
+
 def test_freezing_more_layers_than_the_model_has_is_refused_with_the_count():
     from trainables.recipe import FineTuneRecipe
 
@@ -236,6 +263,23 @@ def test_a_run_evaluates_within_epochs_and_picks_its_best_evaluation():
     best = max(evaluations, key=lambda m: m["val_accuracy"])  # the first of equal ones
     assert summary["best_val_accuracy"] == best["val_accuracy"] and summary["best_epoch"] == best["trained_epochs"]
     assert summary["test_accuracy"] == best["test_accuracy"]
+    # test is scored at the evaluations that were the best so far when made, and at no other
+    so_far = [max(m["val_accuracy"] for m in evaluations[:i + 1]) for i in range(len(evaluations))]
+    chosen = [i == 0 or so_far[i] > so_far[i - 1] for i in range(len(evaluations))]
+    assert ["test_accuracy" in m for m in evaluations] == chosen
+
+
+def test_metric_for_best_model_chooses_the_evaluation_and_must_be_one_the_task_reports():
+    reporter = RecordingReporter()
+    summary = fine_tune(fast_config("static", training={"epochs": 2, "eval_every": 0.5, "grad_norm_every": 0,
+                                                        "metric_for_best_model": "val_loss"}), reporter)
+    evaluations = [m for _, m in reporter.epochs]
+    best = min(evaluations, key=lambda m: m["val_loss"])  # lower is better, the first of equal ones
+    assert summary["best_epoch"] == best["trained_epochs"] and summary["test_accuracy"] == best["test_accuracy"]
+    assert all(m["best_val_loss"] == min(e["val_loss"] for e in evaluations[:i + 1])
+               for i, m in enumerate(evaluations))
+    with pytest.raises(ConfigError, match="training.metric_for_best_model: task .* never reports val_rougeL"):
+        fine_tune(fast_config("static", training={"metric_for_best_model": "val_rougeL"}))
 
 
 def test_a_run_never_reads_the_test_labels(tmp_path, nli_jsonl):
@@ -270,4 +314,4 @@ def test_a_run_never_reads_the_test_labels(tmp_path, nli_jsonl):
     for (_, a), (_, b) in zip(same.epochs, permuted.epochs):
         assert {k: v for k, v in a.items() if k.startswith("val_")} == {k: v for k, v in b.items() if k.startswith("val_")}
     assert first["best_epoch"] == second["best_epoch"] and first["best_val_accuracy"] == second["best_val_accuracy"]
-    assert [a["test_loss"] for _, a in same.epochs] != [b["test_loss"] for _, b in permuted.epochs]
+    assert [a.get("test_loss") for _, a in same.epochs] != [b.get("test_loss") for _, b in permuted.epochs]

@@ -34,6 +34,8 @@ def test_recipe_keeps_the_numbers_of_the_loops_it_replaced(name):
             assert close(mine[key], value), (mine["step"], key, mine[key], value)
     assert len(got["epochs"]) == len(want["epochs"])
     for mine, theirs in zip(got["epochs"], want["epochs"]):
-        assert set(mine) == set(theirs)
-        for key, value in theirs.items():
-            assert close(mine[key], value), (mine["epoch"], key, mine[key], value)
+        # the recorded loops scored test at every evaluation; the recipe scores it where validation chose one
+        assert {k for k in theirs if not k.startswith("test_")} <= set(mine) <= set(theirs)
+        for key, value in mine.items():
+            assert close(value, theirs[key]), (mine["epoch"], key, value, theirs[key])
+    assert "test_accuracy" in got["epochs"][0] or "test_rougeL" in got["epochs"][0]  # the first one is chosen

@@ -75,7 +75,11 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
         assert child.data.params["training.cpus"] == "1"  # threads = the CPUs the trial holds
         run_id = child.info.run_id
         assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
-        assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [1, 2]
+        validation = [m.value for m in sorted(client.get_metric_history(run_id, "val_accuracy"), key=lambda m: m.step)]
+        chosen = [step for step, value in enumerate(validation, 1) if value > max(validation[:step - 1], default=-1)]
+        # test is scored where validation makes an evaluation the best so far, and nowhere else
+        assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == chosen
+        assert child.data.params["training.metric_for_best_model"] == "val_accuracy"  # the study's metric
         assert len(client.get_metric_history(run_id, "loss")) >= 8  # 64 examples, every 2nd step, 2 epochs
         assert client.get_metric_history(run_id, "grad_norm/block_00")
     dynamic = next(c for c in children if c.data.params["method"] == "dynamic")

@@ -60,6 +60,8 @@ BAD = {
                                       "so ASHA could never stop one"),
     "lora on a classifier": (spec_with(model__lora={"r": 4}), "model.lora applies to decoder-only models"),
     "wrong label count": (spec_with(model__num_labels=3), "model.num_labels is 3 but task epistemic_reasoning has 2"),
+    "two metrics": (spec_with(training__metric_for_best_model="val_loss"),
+                    "training.metric_for_best_model (val_loss) differs from metric (val_accuracy)"),
     "tuned baselines that share no searched field": (spec_with(tune_baselines=True),
                                                      "tune_baselines: vanilla ignores every searched field"),
 }

@@ -90,9 +90,13 @@ class CausalLMObjective:
         alpha, tau = self.rule(logits, labels, step_number + 1, total_steps, distill.alpha, distill.tau)
         return keep_teachers(logits, labels, mask, alpha * mask, tau, distill.teacher_storage, distill.topk)
 
-    def evaluate(self, model) -> dict[str, float]:
-        """Validation (``val_…``) and test (``test_…``) scores; evaluation never touches the training teachers."""
-        return {**self._scores(model, self.validation), **on_test(self._scores(model, self.test))}
+    def score_validation(self, model) -> dict[str, float]:
+        """Validation scores (``val_…``); evaluation never touches the training teachers."""
+        return self._scores(model, self.validation)
+
+    def score_test(self, model) -> dict[str, float]:
+        """The same scores on test (``test_…``)."""
+        return on_test(self._scores(model, self.test))
 
     @torch.inference_mode()
     def _scores(self, model, rows) -> dict[str, float]:

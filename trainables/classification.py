@@ -5,8 +5,10 @@ classifier on a classification task.
 - loss: mean CE over the batch + mean over revisited samples of α_i · τ_i² · KL(teacher_i ‖ student_i), with
   (α_i, τ_i) from the method's rule applied to the teacher logits when they are used;
 - teachers: the logits each revisited sample got in the previous step's forward pass, detached;
-- evaluation: loss, accuracy and macro-F1 on the validation split (accuracy chooses a run's best evaluation)
-  and the same on the test split (read by no choice).
+- evaluation: loss, accuracy and macro-F1 on the validation split (accuracy, or
+  ``training.metric_for_best_model``, chooses a run's best evaluation) and the same on the test split (read by
+  no choice); with frozen blocks (``model.freeze_layers``) only the blocks above them run after the first
+  evaluation (``trainables/frozen_prefix.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from trainables import losses
 from trainables.errors import ConfigError
+from trainables.frozen_prefix import FrozenPrefix
 from trainables.metrics import Metric, on_test
 from trainables.models import load_classifier, load_tokenizer, resolve_model
 from trainables.tasks import load_task, tokenized_task
@@ -61,6 +64,7 @@ class ClassificationObjective:
         self.train_size, self.validation_size = len(self.train_rows["labels"]), len(self.validation_rows["labels"])
         self.test_size = len(self.test_rows["labels"])
         self.train_lengths = torch.tensor([len(row) for row in self.train_rows["input_ids"]])  # tokens per sample
+        self.frozen_prefix: FrozenPrefix | None = None  # the frozen blocks' outputs at evaluation, once a model is scored
 
     def load_model(self):
         model = self.config.model
@@ -91,25 +95,31 @@ class ClassificationObjective:
         """The next step's teachers: the logits of the samples at ``positions`` of this step's batch."""
         return LogitTeachers(step.logits.detach()[positions.to(step.logits.device)])
 
-    def evaluate(self, model) -> dict[str, float]:
-        """Loss, accuracy and macro-F1 on validation (``val_…``) and test (``test_…``). Evaluation never touches
-        the teachers of training."""
-        return {**self._scores(model, self.validation_rows), **on_test(self._scores(model, self.test_rows))}
+    def score_validation(self, model) -> dict[str, float]:
+        """Loss, accuracy and macro-F1 on validation (``val_…``). Evaluation never touches the teachers of
+        training."""
+        return self._scores(model, self.validation_rows, "validation")
+
+    def score_test(self, model) -> dict[str, float]:
+        """The same scores on test (``test_…``)."""
+        return on_test(self._scores(model, self.test_rows, "test"))
 
     @torch.inference_mode()
-    def _scores(self, model, rows: dict) -> dict[str, float]:
+    def _scores(self, model, rows: dict, split: str) -> dict[str, float]:
         from sklearn.metrics import f1_score
 
+        if self.frozen_prefix is None or self.frozen_prefix.model is not model:
+            self.frozen_prefix = FrozenPrefix(model, self.config.model.freeze_layers)
         model.eval()
         count = len(rows["labels"])
         # batches of similar lengths pad less: a third to a half fewer tokens on the packaged tasks
         order = torch.tensor(sorted(range(count), key=lambda i: len(rows["input_ids"][i])))
         predictions, loss_sum = [], 0.0
-        for ids in order.split(self.config.training.eval_batch_size):
+        for index, ids in enumerate(order.split(self.config.training.eval_batch_size)):
             batch = self.collate(rows, ids)
             labels = batch.pop("labels")
             with self.autocast():
-                logits = model(**batch).logits.float()
+                logits = self.frozen_prefix.logits(batch, (split, index)).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             predictions.append(logits.argmax(-1).cpu())
         model.train()

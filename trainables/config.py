@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainables.losses import RULES
+from trainables.metrics import Metric
 from trainables.methods import METHODS, Method
 from trainables.schema import Strict, apply_overrides, read_yaml, validated, with_values
 
@@ -93,6 +94,10 @@ class TrainingConfig(Strict):
     # with a point, up to 1.0); every epoch also ends with one. Default: once an epoch. ASHA decides at evaluations
     eval_every: int | float | None = Field(None, gt=0)
     eval_batch_size: int = Field(64, gt=0)
+    # the validation score that chooses a run's best evaluation, whose test scores the run reports; test is scored
+    # only at evaluations this score chooses. Default: the task's first score (val_accuracy, val_rougeL). A
+    # study sets it to its `metric`
+    metric_for_best_model: Metric | None = None
     # batches of samples of similar lengths (fewer padding tokens): as transformers' group_by_length, each epoch's
     # shuffled order is cut into groups of 50 batches, each group sorted longest first
     group_by_length: bool = False

@@ -14,7 +14,7 @@ from torch import nn
 
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters by layer group, in model order: embeddings, blocks, head."""
-    blocks = _transformer_blocks(model)
+    blocks = transformer_blocks(model)
     groups: dict[str, list[nn.Parameter]] = {"embeddings": []}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -30,7 +30,7 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return {name: params for name, params in {**groups, "head": head}.items() if params}
 
 
-def _transformer_blocks(model: nn.Module) -> str | None:
+def transformer_blocks(model: nn.Module) -> str | None:
     """Name of the ModuleList holding the transformer blocks (as many entries as config.num_hidden_layers)."""
     count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     for name, module in model.named_modules():

@@ -21,10 +21,11 @@ Supports:
 - reporting through a ``Reporter``: every ``log_every`` steps the window means of ce, kd (unweighted:
   τ² · KL), loss and min/mean/max of α and τ with the fraction of wrong teachers; every ``grad_norm_every``
   steps the per-layer log10 mean |grad|; at every evaluation (each epoch's end, and every
-  ``training.eval_every`` steps or fraction of an epoch) the validation and test scores, the epochs, optimizer
-  steps and samples so far, the seconds spent in training steps, evaluation and setup, and a function that
-  saves a checkpoint. The run's best evaluation is chosen on validation; its test scores are reported beside it
-  and choose nothing;
+  ``training.eval_every`` steps or fraction of an epoch) the validation scores, the epochs, optimizer steps and
+  samples so far, the seconds spent in training steps, evaluation and setup, and a function that saves a
+  checkpoint. The run's best evaluation is chosen on validation (``training.metric_for_best_model``); test is
+  scored at each evaluation that becomes the best so far, reported beside its validation scores, and chooses
+  nothing;
 - exact resumption from a checkpoint, also one taken within an epoch: weights, optimizer, schedule, data order
   (the rest of the epoch's batches), CPU and CUDA random states and the teachers.
 Refused at setup, with what to change: ``model.lora`` on a classification task; an odd ``batch_size`` for a DLB
@@ -101,7 +102,7 @@ class FineTuneRecipe:
         warmup_steps = round(training.warmup_ratio * self.total_steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup_steps, self.total_steps)
         self.generator = torch.Generator().manual_seed(training.seed)
-        self.score = self.objective.scores[0]  # chooses the run's best evaluation
+        self.score = training.metric_for_best_model or self.objective.scores[0]  # chooses the best evaluation
         self.step, self.epoch, self.teacher_ids, self.teachers = 0, 0, None, None
         self.epoch_left: list[torch.Tensor] = []  # the fresh batches of this epoch not trained on yet
         self.evaluation = 0  # evaluations so far
@@ -145,16 +146,21 @@ class FineTuneRecipe:
         return self._summary(metrics)
 
     def _evaluate(self, reporter: Reporter) -> dict:
-        """Score validation and test, keep the best evaluation (validation chooses), report it with a checkpoint."""
+        """Score validation; where it makes this evaluation the best so far, score test too (the test scores a
+        run reports are those of its best evaluation, so no other evaluation needs them). Report it with a
+        checkpoint."""
         started = time.perf_counter()
-        metrics = {str(name): value for name, value in self.objective.evaluate(self.model).items()}
+        metrics = {str(name): value for name, value in self.objective.score_validation(self.model).items()}
+        chosen = self.score.better(metrics[self.score], self.best[self.score])
+        if chosen:
+            metrics |= self.objective.score_test(self.model)
         self.eval_seconds += time.perf_counter() - started
         self.evaluation += 1
         trained_epochs = self.epoch - len(self.epoch_left) / self.steps_per_epoch
         metrics |= {"trained_epochs": round(trained_epochs, 4), "step": self.step, "total_steps": self.total_steps,
                     "samples": self.samples, "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                     "setup_seconds": self.setup_seconds, "seconds": time.perf_counter() - self.started}
-        if self.score.better(metrics[self.score], self.best[self.score]):
+        if chosen:
             self.best = metrics
         reporter.log_evaluation(self.evaluation, {**metrics, self.score.best: self.best[self.score]},
                                 self.save_checkpoint)

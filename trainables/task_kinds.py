@@ -41,6 +41,10 @@ def check_combination(config) -> None:
     if config.model.lora is not None and task_kind(config.task) is TaskKind.CLASSIFICATION:
         raise ConfigError("model.lora applies to decoder-only models on generation tasks "
                           f"({', '.join(GENERATION_TASKS)}); remove it for the classification task {config.task.name}")
+    chooser, reported = config.training.metric_for_best_model, reported_metrics(config.task)
+    if chooser is not None and chooser not in reported:
+        raise ConfigError(f"training.metric_for_best_model: task {config.task.name} never reports {chooser}; it "
+                          f"reports {', '.join(reported)}")
 
 
 def check_offline(config) -> None:
