@@ -245,9 +245,10 @@ def _write_report(study_dir: Path) -> None:
 
 def _ui(args) -> int:
     from study import ui
+
+    credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens (and MLflow is imported)
     from study.runner import read_study
 
-    credentials = ui.check_exposure(args.host, args.allow_remote)  # before anything listens
     study_dir = Path(args.study_dir)
     tracking = read_study(study_dir)
     if credentials:

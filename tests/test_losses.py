@@ -14,6 +14,13 @@ def kl(p, q):
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
 
+def test_every_rule_a_config_may_name_has_its_function():
+    from trainables.losses import RULES
+    from trainables.methods import Rule
+
+    assert set(RULES) == set(Rule) and all(callable(rule) for rule in RULES.values())
+
+
 def test_kd_term_is_kl_of_teacher_to_student():
     # teacher softmax([ln 3, 0]) = (3/4, 1/4); student softmax([0, 0]) = (1/2, 1/2)
     kd = kd_term(torch.tensor([[0.0, 0.0]]), torch.tensor([[LN3, 0.0]]), 1.0)

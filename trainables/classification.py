@@ -64,7 +64,7 @@ class ClassificationObjective:
         self.train_size, self.validation_size = len(self.train_rows["labels"]), len(self.validation_rows["labels"])
         self.test_size = len(self.test_rows["labels"])
         self.train_lengths = torch.tensor([len(row) for row in self.train_rows["input_ids"]])  # tokens per sample
-        self.frozen_prefix: FrozenPrefix | None = None  # the frozen blocks' outputs at evaluation, once a model is scored
+        self.frozen_prefix: FrozenPrefix | None = None  # the frozen blocks' outputs, from the first evaluation on
 
     def load_model(self):
         model = self.config.model

@@ -12,9 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainables.losses import RULES
 from trainables.metrics import Metric
-from trainables.methods import METHODS, Method
+from trainables.methods import METHODS, Method, Rule
 from trainables.schema import Strict, apply_overrides, read_yaml, validated, with_values
 
 
@@ -127,17 +126,17 @@ class DistillConfig(Strict):
     alpha: float = Field(1.0, ge=0)
     tau: float = Field(2.0, gt=0)
     reuse: Literal["previous", "random"] = "previous"
-    rule: str = "dynsdpb"
+    rule: Rule = Rule.DYNSDPB
     warmup_fraction: float = Field(0.1, gt=0, le=1)
     # decoder-only models: how teacher logits are kept between steps (trainables/token_teachers.py)
     teacher_storage: Literal["full", "bf16", "int8", "topk"] = "int8"
     topk: int = Field(64, gt=0)
 
-    @field_validator("rule")
+    @field_validator("rule", mode="before")
     @classmethod
-    def _known_rule(cls, rule: str) -> str:
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(sorted(RULES))}")
+    def _known_rule(cls, rule):
+        if rule not in set(Rule):
+            raise ValueError(f"unknown rule {rule!r}; known rules: {', '.join(sorted(Rule))}")
         return rule
 
 

@@ -4,8 +4,9 @@ Shapes: logits are ``(..., C)`` and every per-sample quantity is ``(...)``, so t
 sequence classification (one position per sample) and token-level language modelling.
 
 A rule is a pure function ``(teacher_logits, labels, step, total_steps, alpha, tau, **options)`` returning
-per-sample ``(alpha_i, tau_i)``; ``step`` counts optimizer steps from 1. Adding one to ``RULES`` makes it
-selectable as ``distill.rule`` for the ``dynamic`` method without touching the training loop.
+per-sample ``(alpha_i, tau_i)``; ``step`` counts optimizer steps from 1. Adding one to ``RULES`` (and its name to
+``methods.Rule``) makes it selectable as ``distill.rule`` for the ``dynamic`` method without touching the training
+loop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from trainables.methods import Rule
 
 
 def kd_term(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor | float, mask: Tensor | None = None) -> Tensor:
@@ -76,7 +79,7 @@ def dynsdpb(teacher_logits, labels, step, total_steps, alpha, tau):
     return alpha_i, tau_i
 
 
-RULES = {"dynsdpb": dynsdpb}
+RULES = {Rule.DYNSDPB: dynsdpb}
 """Dynamic rules, selectable with ``distill.rule`` for the ``dynamic`` method."""
 
 

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from trainables import losses
-
 
 class Method(StrEnum):
     VANILLA = "vanilla"  # plain batches of B fresh samples, cross-entropy only
@@ -20,6 +18,13 @@ class Method(StrEnum):
     STATIC = "static"  # DLB / static SelfD: fixed α, τ
     WARMUP_STATIC = "warmup_static"  # static with α ramped from 0 over distill.warmup_fraction of the steps
     DYNAMIC = "dynamic"  # DynSDPB: per-sample α_i, τ_i from the teacher (distill.rule)
+
+
+class Rule(StrEnum):
+    """The per-sample (α_i, τ_i) rules of the ``dynamic`` method (``distill.rule``); each has its function in
+    ``trainables/losses.py`` (``RULES``)."""
+
+    DYNSDPB = "dynsdpb"  # docs/method.md
 
 
 @dataclass(frozen=True)
@@ -35,11 +40,19 @@ class Training:
         return batch_size // 2 if self.dlb_batches else batch_size
 
 
+def _losses():
+    """``trainables/losses.py``, imported (with torch) when a run builds its rule: reading a spec or a run config
+    needs no torch, so ``selfd validate`` answers in well under a second."""
+    from trainables import losses
+
+    return losses
+
+
 METHODS: dict[Method, Training] = {
     Method.VANILLA: Training(False, False, lambda distill: None),
-    Method.VANILLA_REPEAT: Training(True, False, lambda distill: losses.no_distillation),
-    Method.STATIC: Training(True, True, lambda distill: losses.static),
-    Method.WARMUP_STATIC: Training(
-        True, True, lambda distill: functools.partial(losses.warmup_static, warmup_fraction=distill.warmup_fraction)),
-    Method.DYNAMIC: Training(True, True, lambda distill: losses.RULES[distill.rule]),
+    Method.VANILLA_REPEAT: Training(True, False, lambda distill: _losses().no_distillation),
+    Method.STATIC: Training(True, True, lambda distill: _losses().static),
+    Method.WARMUP_STATIC: Training(True, True, lambda distill: functools.partial(
+        _losses().warmup_static, warmup_fraction=distill.warmup_fraction)),
+    Method.DYNAMIC: Training(True, True, lambda distill: _losses().RULES[distill.rule]),
 }
