@@ -211,8 +211,11 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if not ray.is_initialized():
         try:
-            # "local": a new embedded instance, even where an earlier `ray start` left its address behind
-            ray.init(address=address or "local", logging_level="WARNING", configure_logging=True)
+            # "local": a new embedded instance, even where an earlier `ray start` left its address behind. Without
+            # the dashboard, which nothing of a study reads: 11 fewer processes, each importing Ray on the CPUs the
+            # trials start on (0.8 s less to start here)
+            ray.init(address=address or "local", logging_level="WARNING", configure_logging=True,
+                     **({} if address else {"include_dashboard": False}))
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot connect to Ray at {address or 'a new local instance'}: {error}") from None
     resources = ray.cluster_resources()

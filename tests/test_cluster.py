@@ -274,7 +274,8 @@ def test_job_commands_say_what_is_wrong_in_one_line(cluster, tmp_path):
     assert invalid.returncode == 2 and "epochs" in invalid.stderr  # validated before anything is submitted
 
 
-def test_a_trial_on_a_worker_node_that_dies_finishes_on_the_surviving_node(tmp_path):
+# Last in this module: it kills the shared cluster's worker node (the cluster's start is 20 s a time).
+def test_a_trial_on_a_worker_node_that_dies_finishes_on_the_surviving_node(cluster, tmp_path):
     spec = {**TINY, "name": "node_dies", "baselines": [], "seeds": [0],
             "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
@@ -282,28 +283,28 @@ def test_a_trial_on_a_worker_node_that_dies_finishes_on_the_surviving_node(tmp_p
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     study_dir = tmp_path / "study"
-    with two_node_cluster(tmp_path) as cluster:
-        listed = subprocess.run(["ray", "list", "nodes", "--address", cluster.jobs_url, "--format", "json"],
-                                env=cluster.env, capture_output=True, text=True, check=True)
-        head = next(n["node_id"] for n in json.loads(listed.stdout) if n["is_head_node"])
-        driver = subprocess.Popen(["selfd", "run", str(path), "--study-dir", str(study_dir), "--address",
-                                   cluster.address], env=cluster.env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+    listed = subprocess.run(["ray", "list", "nodes", "--address", cluster.jobs_url, "--format", "json"],
+                            env=cluster.env, capture_output=True, text=True, check=True)
+    nodes = [n for n in json.loads(listed.stdout) if n["state"] == "ALIVE"]
+    assert len(nodes) == 2, nodes  # no test before this one took a node down
+    head = next(n["node_id"] for n in nodes if n["is_head_node"])
+    driver = subprocess.Popen(["selfd", "run", str(path), "--study-dir", str(study_dir), "--address",
+                               cluster.address], env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-        def checkpointed_on_the_worker():
-            if not (study_dir / "study.json").is_file():
-                return None
-            _, _, _, children = study_runs(study_dir)
-            phase = study_dir / "tune" / "search-static"
-            return next((c for c in children if c.data.tags["selfd.node_id"] != head
-                         and any(phase.glob(f"run_trial_{c.data.tags['selfd.trial_id']}_*/checkpoint_*"))), None)
+    def checkpointed_on_the_worker():
+        if not (study_dir / "study.json").is_file():
+            return None
+        _, _, _, children = study_runs(study_dir)
+        phase = study_dir / "tune" / "search-static"
+        return next((c for c in children if c.data.tags["selfd.node_id"] != head
+                     and any(phase.glob(f"run_trial_{c.data.tags['selfd.trial_id']}_*/checkpoint_*"))), None)
 
-        try:
-            victim = wait_until(checkpointed_on_the_worker, 300, "a checkpoint of the worker's trial", driver)
-            os.killpg(cluster.nodes[1].pid, signal.SIGKILL)  # the worker node dies: its raylet and workers
-            assert driver.wait(timeout=600) == 0
-        finally:
-            driver.kill()
+    try:
+        victim = wait_until(checkpointed_on_the_worker, 300, "a checkpoint of the worker's trial", driver)
+        os.killpg(cluster.nodes[1].pid, signal.SIGKILL)  # the worker node dies: its raylet and workers
+        assert driver.wait(timeout=600) == 0
+    finally:
+        driver.kill()
     client, _, _, children = study_runs(study_dir)
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     moved = client.get_run(victim.info.run_id)
