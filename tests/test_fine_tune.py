@@ -145,6 +145,8 @@ def test_evaluation_feeds_the_frozen_blocks_outputs_back_with_the_same_scores():
     assert prefix.active and prefix.checked
     objective.frozen_prefix = FrozenPrefix(model, 0)
     assert objective.score_validation(model) == replayed  # the whole model: equal, bit for bit
+    objective.frozen_prefix = FrozenPrefix(model, 1, budget_bytes=0)  # nothing fits: every batch runs whole
+    assert objective.score_validation(model) == replayed and not objective.frozen_prefix.kept
 
     # a fault the contract excludes (a frozen block that changed): the check drops what was kept
     objective.frozen_prefix = FrozenPrefix(model, 1)

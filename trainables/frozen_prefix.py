@@ -66,7 +66,8 @@ class FrozenPrefix:
             logits = self.model(**batch).logits
         finally:
             handle.remove()
-        (output,) = outputs
+        # one tensor from one call (a block shared across depths, as in ALBERT, is not a prefix to keep)
+        output = outputs[0] if len(outputs) == 1 else None
         if isinstance(output, Tensor) and self.kept_bytes + output.nbytes <= self.budget:
             self.kept[key] = output
             self.kept_bytes += output.nbytes
