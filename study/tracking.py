@@ -178,15 +178,12 @@ def _send(client: MlflowClient, tracking: Tracking, trial_id: str, records: list
     if run is None:
         if created is None:
             raise ConfigError(f"trial {trial_id} has no run in MLflow and no record to create one")
-        run_id = client.create_run(created["experiment_id"], run_name=created["run_name"],
-                                   tags=created["tags"]).info.run_id
-        client.log_batch(run_id, params=[Param(k, v) for k, v in created["params"].items()])
-    else:
-        run_id = run.info.run_id
-        # the server went away between creating the run and logging its params: log the ones it lacks
-        missing = {k: v for k, v in (created or {}).get("params", {}).items() if k not in run.data.params}
-        if missing:
-            client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
+        run = client.create_run(created["experiment_id"], run_name=created["run_name"], tags=created["tags"])
+    run_id = run.info.run_id
+    # the params the run lacks: all of a run created here, or those of one the server created before it went away
+    missing = {k: v for k, v in (created or {}).get("params", {}).items() if k not in run.data.params}
+    if missing:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
     metrics = [Metric(*m) for r in records if "metrics" in r for m in r["metrics"]]
     for start in range(0, len(metrics), BATCH_LIMIT):
         client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT])
