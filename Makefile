@@ -41,14 +41,17 @@ test: install
 	$(BIN)/python -m pytest --durations=10
 
 # The two CPU Figure 3 sweeps, each photographed in the MLflow UI (headless Chromium), then where to look.
+# Run again, it keeps what the first run found (`--if-exists continue`): a finished sweep's report is rebuilt and
+# nothing is trained, an interrupted one resumes. `make demo STUDIES=studies/again` runs both afresh elsewhere.
+STUDIES ?= studies
 demo: install
-	@mkdir -p studies
-	$(BIN)/selfd run search_spaces/fig3_rte_cpu.yaml | tee studies/demo.log
-	$(BIN)/selfd run search_spaces/fig3_boolq_cpu.yaml | tee -a studies/demo.log
-	$(BIN)/selfd ui studies/fig3_rte_cpu --screenshots | tee -a studies/demo.log
-	$(BIN)/selfd ui studies/fig3_boolq_cpu --screenshots | tee -a studies/demo.log
+	@mkdir -p $(STUDIES)
+	$(BIN)/selfd run search_spaces/fig3_rte_cpu.yaml --study-dir $(STUDIES)/fig3_rte_cpu --if-exists continue | tee $(STUDIES)/demo.log
+	$(BIN)/selfd run search_spaces/fig3_boolq_cpu.yaml --study-dir $(STUDIES)/fig3_boolq_cpu --if-exists continue | tee -a $(STUDIES)/demo.log
+	$(BIN)/selfd ui $(STUDIES)/fig3_rte_cpu --screenshots | tee -a $(STUDIES)/demo.log
+	$(BIN)/selfd ui $(STUDIES)/fig3_boolq_cpu --screenshots | tee -a $(STUDIES)/demo.log
 	@echo; echo "Verdicts (test scores, paired over seeds, 95 % CI) and where to look:"
-	@grep -E '^(verdict|report|MLflow|screenshot):' studies/demo.log
+	@grep -E '^(verdict|report|MLflow|screenshot):' $(STUDIES)/demo.log
 
 bench: install
 	$(BIN)/python benchmarks/step_overhead.py --json

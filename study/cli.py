@@ -3,7 +3,8 @@
 Bad input (config, overrides, unknown model or task, unreachable hub assets, Ray or job addresses, refused
 tokens) ends with one line on stderr and exit code 2, before any model is loaded. A study that ran but whose
 records MLflow could not take ends with exit code 3 (`selfd report --sync` sends them later); an interrupted
-one with 130 and how to resume it.
+one (Ctrl-C) with 130, a stopped one (SIGTERM, SIGHUP) with 128 + the signal (143 for SIGTERM), each with one
+line that says how to resume it.
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ import contextlib
 import json
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
+
+from trainables.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
 EXIT_UNRECORDED = 3  # the study ran, but MLflow has not recorded all of it yet (`selfd report --sync`)
 
 
+class IfExists(StrEnum):
+    """What ``selfd run --if-exists`` does when the study directory already holds a study."""
+
+    REFUSE = "refuse"  # one line that says what to do instead (the default)
+    CONTINUE = "continue"  # the same spec only: resume it when unfinished, rebuild its report when finished
+    BESIDE = "beside"  # a new study in the first free DIR-2, DIR-3, … next to it; nothing of the old one is touched
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from trainables.errors import AssetError, ConfigError, TrainingDiverged
+    from trainables.errors import AssetError, TrainingDiverged
 
     try:
         return args.handler(args)
@@ -32,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"selfd: training diverged: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("selfd: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (study.signals)
+        from study.signals import received
+
+        signal = received()
+        what = f"stopped by {signal.name}" if signal else "interrupted"
+        print(f"selfd: {'; '.join([what, *getattr(stop, '__notes__', [])])}", file=sys.stderr)
+        return 128 + signal if signal else 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", metavar="HOST:PORT", help="a running Ray cluster to schedule trials on")
     run.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="set a spec field, e.g. --override training.epochs=2 (repeatable)")
+    run.add_argument("--if-exists", type=IfExists, choices=list(IfExists), default=IfExists.REFUSE,
+                     help="when the study directory already holds a study: refuse (default; says what to run "
+                          "instead), continue (the same spec only: resume it if unfinished, rebuild its report if "
+                          "finished) or beside (run a new study in DIR-2, DIR-3, …; the old one is not touched)")
     run.set_defaults(handler=_run)
 
     submit = commands.add_parser("submit", help="submit a study to a Ray cluster as a Ray Job")
@@ -135,21 +155,54 @@ def _validate(args) -> int:
 
 
 def _run(args) -> int:
+    from study.directory import beside, check_writable, holds_study, refusal
     from study.runner import run_study
     from study.spec import load_spec
 
     spec = load_spec(args.spec, args.override)
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
-    with _resume_hint(study_dir):
+    check_writable(study_dir)
+    if holds_study(study_dir):
+        if args.if_exists is IfExists.BESIDE:
+            study_dir, taken = beside(study_dir), study_dir
+            print(f"{taken} holds a study (left as it is); this one goes to {study_dir}", file=sys.stderr)
+        elif args.if_exists is IfExists.CONTINUE:
+            return _continue(spec, study_dir, args.address)
+        else:
+            raise ConfigError(refusal(study_dir))
+    with _stoppable(study_dir):
         tracking = run_study(spec, study_dir, args.address)
     return _finish(study_dir, tracking)
+
+
+def _continue(spec, study_dir: Path, address: str | None) -> int:
+    """``run --if-exists continue`` on a directory that holds a study: only the same spec's, which is resumed when
+    unfinished and whose report is rebuilt when finished."""
+    from study.directory import refusal
+    from study.runner import read_study
+    from study.spec import load_spec
+    from study.state import STUDY_FILE, StudyState
+    from trainables.schema import flatten
+
+    if not (study_dir / STUDY_FILE).is_file():
+        raise ConfigError(refusal(study_dir))
+    held, given = (flatten(s.model_dump(mode="json")) for s in (load_spec(study_dir / "spec.yaml"), spec))
+    if differ := sorted(key for key in held.keys() | given.keys() if held.get(key) != given.get(key)):
+        raise ConfigError(f"{study_dir} holds a study of another spec (it differs in {', '.join(differ[:3])}"
+                          f"{' …' * (len(differ) > 3)}); run this one with a new --study-dir or --if-exists beside")
+    if StudyState.read(study_dir).finished:
+        print(f"{study_dir} holds this finished study: its report is rebuilt, nothing is run "
+              "(--if-exists beside runs it again beside it)", file=sys.stderr)
+        return _finish(study_dir, read_study(study_dir))
+    print(f"{study_dir} holds this study, unfinished: resuming it", file=sys.stderr)
+    return _resume(argparse.Namespace(study_dir=study_dir, address=address))
 
 
 def _resume(args) -> int:
     from study.runner import resume_study
 
     study_dir = Path(args.study_dir)
-    with _resume_hint(study_dir):
+    with _stoppable(study_dir):
         tracking = resume_study(study_dir, args.address)
     if tracking is None:
         print(f"{study_dir}: the study has finished; nothing to resume (`selfd report {study_dir}` redraws it)")
@@ -158,13 +211,25 @@ def _resume(args) -> int:
 
 
 @contextlib.contextmanager
-def _resume_hint(study_dir: Path):
+def _stoppable(study_dir: Path):
+    """SIGTERM and SIGHUP stop the study as Ctrl-C does, the line ``main`` prints then says how to resume it; the
+    signals' handlers are restored afterwards (``main`` may run inside another program, as in the tests)."""
+    import signal
+
+    from study.signals import STOP_SIGNALS, stop_on_termination
+    from study.state import STUDY_FILE
+
+    handlers = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    stop_on_termination()
     try:
         yield
-    except KeyboardInterrupt:
-        if (study_dir / "study.json").is_file():
-            print(f"selfd: interrupted; continue with `selfd resume {study_dir}`", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        if (study_dir / STUDY_FILE).is_file():
+            stop.add_note(f"continue with `selfd resume {study_dir}`")
         raise
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def _finish(study_dir: Path, tracking) -> int:

@@ -8,8 +8,8 @@ Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
 3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds.
 Every trial is a child run of one MLflow parent run per study execution. ``study.json`` in the study directory
 records the phases that have ended, so ``selfd resume`` skips them and restores the one in progress from
-Tune's saved state. Running a finished study's spec into its directory again starts a new execution (a new
-parent run; the earlier runs stay in MLflow).
+Tune's saved state. A directory holds one study: ``run`` refuses one that holds a study (study.directory), and
+one driver at a time runs it (its lock).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from typing import Any
 import yaml
 
 from study import state as phases
+from study.directory import check_writable, driving, holds_study, refusal
 from study.progress import StudyProgress
+from study.signals import stop_on_termination
 from study.spec import StudySpec, check_scheduler
 from study.state import STUDY_FILE, Phase, PhaseKind, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
@@ -44,29 +46,27 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     from mlflow.entities import Param
 
     study_dir = study_dir.resolve()
-    if study_dir.exists() and not study_dir.is_dir():
-        raise ConfigError(f"--study-dir {study_dir} is a file; name a directory (new, or a finished study's)")
-    if (study_dir / STUDY_FILE).is_file():
-        if not StudyState.read(study_dir).finished:
-            raise ConfigError(f"{study_dir} holds an unfinished study: `selfd resume {study_dir}` continues it; "
-                              "to start another, pass a new --study-dir")
-        # a new execution of a finished study: the old one's Tune state would be restored instead of run
-        shutil.rmtree(study_dir / "tune", ignore_errors=True)
+    check_writable(study_dir)
+    if holds_study(study_dir):
+        raise ConfigError(refusal(study_dir))
     uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
     train_size = _prepare(spec, uri, address)
 
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    client = MlflowClient(uri)
-    experiment = experiment_id(client, spec.mlflow.experiment or spec.name, study_dir, uri)
-    parent = client.create_run(experiment, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
-        "selfd.study": spec.name, "selfd.study_dir": str(study_dir), "selfd.ray_address": address or "local",
-        "selfd.host": platform.node(), "selfd.version": _version(), "mlflow.note.content": spec.description})
-    params = flatten(spec.model_dump(mode="json"))
-    client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
-    tracking = Tracking(uri, experiment, parent.info.run_id)
-    StudyState(spec.name, tracking).write(study_dir)
-    _run_phases(spec, study_dir, tracking, train_size)
+    with driving(study_dir):
+        if holds_study(study_dir):  # another driver began it while this one prepared
+            raise ConfigError(refusal(study_dir))
+        (study_dir / "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        client = MlflowClient(uri)
+        experiment = experiment_id(client, spec.mlflow.experiment or spec.name, study_dir, uri)
+        parent = client.create_run(experiment, run_name=f"{spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}", tags={
+            "selfd.study": spec.name, "selfd.study_dir": str(study_dir), "selfd.ray_address": address or "local",
+            "selfd.host": platform.node(), "selfd.version": _version(), "mlflow.note.content": spec.description})
+        params = flatten(spec.model_dump(mode="json"))
+        client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        tracking = Tracking(uri, experiment, parent.info.run_id)
+        StudyState(spec.name, tracking).write(study_dir)
+        _run_phases(spec, study_dir, tracking, train_size)
     return tracking
 
 
@@ -78,23 +78,26 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
     from study.spec import load_spec
 
     study_dir = Path(study_dir).resolve()
-    state = StudyState.read(study_dir)
-    tracking = state.tracking
-    if state.finished:
-        return None
-    spec = load_spec(study_dir / "spec.yaml")
-    train_size = _prepare(spec, tracking.tracking_uri, address)
-    client = MlflowClient(tracking.tracking_uri)
-    client.update_run(tracking.parent_run_id, status="RUNNING")
-    client.set_tag(tracking.parent_run_id, "selfd.resumed", str(state.resumed + 1))
-    replace(state, resumed=state.resumed + 1).write(study_dir)
-    _run_phases(spec, study_dir, tracking, train_size)
-    # A trial that started after Tune's last saved experiment state is unknown to the restored phase: its
-    # setting ran again as a new trial, and its own child run, still RUNNING, would count twice. It goes to
-    # MLflow's deleted runs (restorable there).
-    for run in client.search_runs([tracking.experiment_id], f"tags.mlflow.parentRunId = '{tracking.parent_run_id}' "
-                                  "and attributes.status = 'RUNNING'"):
-        client.delete_run(run.info.run_id)
+    StudyState.read(study_dir)  # a study directory, before the lock file is made in it
+    with driving(study_dir):
+        state = StudyState.read(study_dir)
+        tracking = state.tracking
+        if state.finished:
+            return None
+        spec = load_spec(study_dir / "spec.yaml")
+        train_size = _prepare(spec, tracking.tracking_uri, address)
+        client = MlflowClient(tracking.tracking_uri)
+        client.update_run(tracking.parent_run_id, status="RUNNING")
+        client.set_tag(tracking.parent_run_id, "selfd.resumed", str(state.resumed + 1))
+        replace(state, resumed=state.resumed + 1).write(study_dir)
+        _run_phases(spec, study_dir, tracking, train_size)
+        # A trial that started after Tune's last saved experiment state is unknown to the restored phase: its
+        # setting ran again as a new trial, and its own child run, still RUNNING, would count twice. It goes to
+        # MLflow's deleted runs (restorable there).
+        for run in client.search_runs([tracking.experiment_id],
+                                      f"tags.mlflow.parentRunId = '{tracking.parent_run_id}' "
+                                      "and attributes.status = 'RUNNING'"):
+            client.delete_run(run.info.run_id)
     return tracking
 
 
@@ -109,6 +112,7 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> int:
     train_size = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
     check_scheduler(spec, train_size)
     connect_ray(address, spec)
+    stop_on_termination()  # again: ray.init replaced the handlers with its own
     return train_size
 
 

@@ -12,10 +12,10 @@ import itertools
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from trainables.config import RunConfig, RunSettings, parse_config
 from trainables.errors import ConfigError
@@ -27,6 +27,18 @@ from trainables.task_kinds import check_offline as check_run_offline
 
 LOGIN_IN_URI = ("holds a login (user:password@): URIs are recorded and printed, so put the login in "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+
+MAX_NAME = 100  # a study name names folders and an MLflow experiment; every file system takes this many bytes
+
+
+def distinct_seeds(seeds: list[int]) -> list[int]:
+    """Seeds pair runs across methods (a paired verdict counts each seed once): each one may be given once."""
+    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if twice:
+        raise ValueError(f"the seed {twice[0]} is given more than once; give each seed once")
+    return seeds
+
+
 class Dimension(Strict):
     """One searched run-config field: a list of ``values`` (grid / categorical), or a ``low``–``high`` range."""
 
@@ -106,7 +118,7 @@ class Rerun(Strict):
     """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison); the
     fixed baselines run on them too. Seeds apart from the search's give test scores that chose nothing."""
 
-    seeds: list[int] = Field(min_length=2)
+    seeds: Annotated[list[int], AfterValidator(distinct_seeds)] = Field(min_length=2)
 
 
 class Report(Strict):
@@ -122,7 +134,7 @@ class StudySpec(RunSettings):
     methods: list[Method] = Field(min_length=1)
     baselines: list[Method] = []  # run once per seed with the base settings, as reference scores
     tune_baselines: bool = False  # baselines get the same search as the methods, over the fields they share
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: Annotated[list[int], AfterValidator(distinct_seeds)] = Field([0], min_length=1)
     metric: Metric = Metric.VAL_ACCURACY
     search: SearchConfig
     scheduler: SchedulerConfig = SchedulerConfig()
@@ -138,6 +150,9 @@ class StudySpec(RunSettings):
     def _name_is_a_slug(cls, name: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError("use letters, digits, '_', '-' and '.' (it names folders and the MLflow experiment)")
+        if len(name) > MAX_NAME:
+            raise ValueError(f"{len(name)} characters; at most {MAX_NAME} (it names folders and the MLflow "
+                             "experiment)")
         return name
 
     @model_validator(mode="after")

@@ -34,12 +34,12 @@ def fast_config(method: str = "dynamic", **sections):
 
 
 def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
-                        admin: tuple[str, str] | None = None) -> subprocess.Popen:
-    """A real `mlflow server` on a sqlite store in ``folder``, started with the container's entrypoint script;
-    with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
+                        admin: tuple[str, str] | None = None, store: str | None = None) -> subprocess.Popen:
+    """A real `mlflow server` on ``store`` (default: a sqlite store in ``folder``), started with the container's
+    entrypoint script; with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
+           "MLFLOW_BACKEND_STORE_URI": store or f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
            "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"),
            "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}",
            **({"MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]} if admin
@@ -62,6 +62,38 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
         os.killpg(process.pid, signal.SIGKILL)  # children (a Ray node's gcs_server and raylet) share the group
     except ProcessLookupError:
         pass
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """A throwaway PostgreSQL server (pytest-postgresql's executor over Debian's server binaries), the store that
+    docker/compose.yaml gives MLflow; yields a function that makes a new empty database and returns its URI."""
+    import glob
+    import shutil
+    import tempfile
+
+    from pytest_postgresql.executors import PostgreSQLExecutor
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    pg_ctl = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
+    if pg_ctl is None:
+        pytest.skip("no PostgreSQL server binaries (pg_ctl) on this machine; Debian's postgresql package has them")
+    folder = Path(tempfile.mkdtemp(prefix="selfd-postgresql-"))
+    if os.geteuid() == 0:  # the server runs as the postgres user (tests/pg_ctl.sh), which must own its folder
+        shutil.chown(folder, "postgres")
+    os.environ["PG_CTL"] = os.path.realpath(pg_ctl)
+    port = free_port()
+    server = PostgreSQLExecutor(str(Path(__file__).parent / "pg_ctl.sh"), "127.0.0.1", port, str(folder / "data"),
+                                str(folder), str(folder / "server.log"), "-w", "postgres", user="postgres")
+    server.start()
+
+    def database(name: str) -> str:
+        DatabaseJanitor(user="postgres", host="127.0.0.1", port=port, dbname=name).init()
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    yield database  # the databases go with the server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class RecordingReporter:

@@ -1,5 +1,6 @@
-"""A study whose driver is killed (SIGKILL of its whole process group, Ray included, as a reboot would) resumes
-with `selfd resume`: every planned trial ends exactly once, in Tune and in MLflow."""
+"""A study whose driver is killed (SIGKILL of its whole process group, Ray included, as a reboot would) or stopped
+(SIGTERM, as `docker stop`, Slurm and Kubernetes do) resumes with `selfd resume`: every planned trial ends exactly
+once, in Tune and in MLflow. One driver at a time runs a study."""
 
 from __future__ import annotations
 
@@ -28,30 +29,50 @@ def wait_until(condition, timeout: float, what: str, process=None):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
-    spec = {**TINY, "name": "resumable", "baselines": [], "seeds": [0],
-            "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
-            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0, 2.0]}}},
-            "max_concurrent_trials": 1}
-    study_dir = tmp_path / "study"
-    driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# three trials of three epochs, one at a time: a driver can be stopped with one ended and one midway
+THREE_TRIALS = {**TINY, "baselines": [], "seeds": [0],
+                "training": {**TINY["training"], "epochs": 3, "grad_norm_every": 0},
+                "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0, 2.0]}}},
+                "max_concurrent_trials": 1}
 
-    def one_ended_one_midway():
-        if not (study_dir / "study.json").is_file():
-            return None
-        client, _, _, children = study_runs(study_dir)
-        finished = [c for c in children if c.info.status == "FINISHED"]
-        midway = [c for c in children if c.info.status == "RUNNING" and checkpointed(c.data.tags["selfd.trial_id"])]
-        return (finished, midway) if finished and midway else None
+
+def one_ended_one_midway(study_dir: Path):
+    """(finished child runs, running child runs whose trial has checkpointed an epoch), once there are both."""
+    if not (study_dir / "study.json").is_file():
+        return None
+    client, _, _, children = study_runs(study_dir)
+    phase = study_dir / "tune" / "search-static"
 
     def checkpointed(trial_id: str) -> bool:  # an epoch's checkpoint, and Tune's saved state knows the trial
-        phase = study_dir / "tune" / "search-static"
         states = " ".join(path.read_text() for path in phase.glob("experiment_state-*.json"))
         return any(phase.glob(f"run_trial_{trial_id}_*/checkpoint_*")) and trial_id in states
 
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    midway = [c for c in children if c.info.status == "RUNNING" and checkpointed(c.data.tags["selfd.trial_id"])]
+    return (finished, midway) if finished and midway else None
+
+
+def assert_every_trial_ended_once(study_dir: Path) -> None:
+    """Three trials, each FINISHED once in MLflow with every epoch logged once, TERMINATED in Tune."""
+    client, info, parents, children = study_runs(study_dir)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert len({c.data.tags["selfd.trial_id"] for c in children}) == 3  # no duplicate child runs
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")] == [1, 2, 3]
+    trials = ExperimentAnalysis(str(study_dir / "tune" / "search-static")).trials
+    assert len(trials) == 3 and {t.status for t in trials} == {"TERMINATED"}
+    assert {t.last_result["training_iteration"] for t in trials} == {3}
+
+
+def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
+    spec = {**THREE_TRIALS, "name": "resumable"}
+    study_dir = tmp_path / "study"
+    driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        finished, midway = wait_until(one_ended_one_midway, 300, "a finished and a half-done trial", driver)
+        finished, midway = wait_until(lambda: one_ended_one_midway(study_dir), 300,
+                                      "a finished and a half-done trial", driver)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         driver.wait()
@@ -65,23 +86,62 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
     resumed = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
+    assert_every_trial_ended_once(study_dir)
     client, info, parents, children = study_runs(study_dir)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["selfd.resumed"] == "1"
-    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
-    assert len({c.data.tags["selfd.trial_id"] for c in children}) == 3  # no duplicate child runs
-    for child in children:
-        steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")})
-        assert steps == [1, 2, 3]
-    for run_id in [*ended_before.values(), resumed_run]:  # ended: not trained again; midway: from its checkpoint
-        assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3]
-    trials = ExperimentAnalysis(str(study_dir / "tune" / "search-static")).trials
-    assert len(trials) == 3 and {t.status for t in trials} == {"TERMINATED"}
-    assert {t.last_result["training_iteration"] for t in trials} == {3}
+    # ended: not trained again; midway: from its checkpoint, in the same runs
+    assert {c.info.run_id for c in children} >= {*ended_before.values(), resumed_run}
 
     again = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "nothing to resume" in again.stdout
     assert len(study_runs(study_dir)[3]) == 3
+
+
+def test_sigterm_stops_cleanly_and_resume_ends_every_trial_once_on_postgresql(tmp_path, postgresql):
+    """SIGTERM to the driver (what `docker stop` sends): exit code 143, one line saying how to resume, no stack
+    dumps; a second driver is refused while the first runs; then `selfd resume` ends every trial once, with no
+    duplicate run in MLflow. The tracking server is compose's: docker/mlflow-server.sh on PostgreSQL."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from conftest import free_port, start_mlflow_server, stop_process_group
+
+    port = free_port()
+    server = start_mlflow_server(tmp_path, port, store=postgresql("terminated"))
+    spec = {**THREE_TRIALS, "name": "terminated", "mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}}
+    study_dir = tmp_path / "study"
+    try:
+        driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
+                                  start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: one_ended_one_midway(study_dir), 300, "a finished and a half-done trial", driver)
+            second = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2, second.stderr[-2000:]
+            assert second.stderr.strip() == (f"selfd: error: {study_dir.resolve()} is being run by selfd pid "
+                                             f"{driver.pid} on {os.uname().nodename}; one driver at a time: wait for "
+                                             "it to end, or stop it (it stays resumable) and then `selfd resume`")
+            signalled = time.monotonic()
+            driver.send_signal(signal.SIGTERM)
+            _, err = driver.communicate(timeout=120)
+            stopped_after = time.monotonic() - signalled
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
+        print(f"SIGTERM: the driver exited {stopped_after:.1f} s after the signal")
+        assert driver.returncode == 143, err[-3000:]
+        assert [line for line in err.splitlines() if line.startswith("selfd:") and "downloading" not in line] == [
+            f"selfd: stopped by SIGTERM; continue with `selfd resume {study_dir}`"]
+        for dump in ("Traceback", "SIGTERM received", "AbslFailureSignalHandler", "***"):
+            assert dump not in err, err[-3000:]
+        assert stopped_after < 10  # within `docker stop`'s grace period
+
+        resumed = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert_every_trial_ended_once(study_dir)
+        _, info, _, _ = study_runs(study_dir)
+        every = MlflowClient(info["tracking_uri"]).search_runs([info["experiment_id"]], run_view_type=ViewType.ALL)
+        assert len(every) == 1 + 3  # the parent and one run per trial: none deleted as a duplicate either
+    finally:
+        stop_process_group(server)
 
 
 def test_a_resumed_trial_does_not_log_the_steps_it_trains_again(tmp_path):
