@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, AssetError) as error:
-        print(f"selfd: error: {error}", file=sys.stderr)
+        print(error_line(error), file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as error:
         print(f"selfd: training diverged: {error}", file=sys.stderr)
@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         what = f"stopped by {signal.name}" if signal else "interrupted"
         print(f"selfd: {'; '.join([what, *getattr(stop, '__notes__', [])])}", file=sys.stderr)
         return 128 + signal if signal else 130
+
+
+def error_line(error: Exception) -> str:
+    """``selfd: error: …`` on one line: control characters in what the user gave (a path with a newline in it)
+    are shown escaped."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(error))
+    return f"selfd: error: {text}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--study-dir", metavar="DIR",
                         help="where the study is written on the cluster (default: $SELFD_STUDIES/<name>)")
     submit.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE")
+    submit.add_argument("--if-exists", type=IfExists, choices=list(IfExists), default=IfExists.REFUSE,
+                        help="as for run, on the cluster's study directory")
     submit.set_defaults(handler=_submit)
     for name, handler, text in (("status", _status, "a submitted study's job status"),
                                 ("logs", _logs, "a submitted study's output"),
@@ -261,7 +270,7 @@ def _submit(args) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, args.override)
-    job_id = jobs.submit(spec, args.address, args.study_dir)
+    job_id = jobs.submit(spec, args.address, args.study_dir, args.if_exists)
     print(job_id)
     address = f" --address {args.address}" if args.address else ""
     print(f"submitted study '{spec.name}'; follow it with: selfd logs {job_id}{address} --follow", file=sys.stderr)

@@ -54,6 +54,8 @@ def check_writable(folder: Path) -> None:
     """A study can be written at ``folder``: a directory (or nothing yet) whose nearest existing ancestor takes a
     new file. Checked by writing one, since permission bits do not tell (root, read-only mounts, /proc)."""
     name_max = 255
+    if "\0" in str(folder):
+        raise ConfigError(f"--study-dir {str(folder)!r} holds a NUL character; no file system takes it")
     for part in folder.parts:
         if len(part.encode()) > name_max:
             raise ConfigError(f"--study-dir: the name {part[:40]}… is {len(part.encode())} bytes; a file system "

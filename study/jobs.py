@@ -23,7 +23,7 @@ from study.spec import StudySpec
 from trainables.errors import ConfigError
 
 # what the job's driver runs; a fixed module path keeps it independent of the cluster's console scripts
-ENTRYPOINT = "python -m study.cli run spec.yaml --address auto --study-dir {study_dir}"
+ENTRYPOINT = "python -m study.cli run spec.yaml --address auto --study-dir {study_dir} --if-exists {if_exists}"
 FINAL = {"SUCCEEDED": 0, "STOPPED": 130, "FAILED": 1}
 
 
@@ -48,8 +48,8 @@ def job_client(address: str | None):
         raise ConfigError(f"cannot reach the Ray job API at {address}: {_first_line(error)}") from None
 
 
-def submit(spec: StudySpec, address: str | None, study_dir: str | None = None) -> str:
-    """Submit a validated spec; returns the job id."""
+def submit(spec: StudySpec, address: str | None, study_dir: str | None = None, if_exists: str = "refuse") -> str:
+    """Submit a validated spec; returns the job id. ``if_exists`` is `selfd run --if-exists` on the cluster."""
     import study
     import search_spaces
     import trainables
@@ -60,8 +60,8 @@ def submit(spec: StudySpec, address: str | None, study_dir: str | None = None) -
         Path(folder, "spec.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         runtime_env = {"working_dir": folder,
                        "py_modules": [str(Path(m.__file__).parent) for m in (study, trainables, search_spaces)]}
-        return _call(client.submit_job, entrypoint=ENTRYPOINT.format(study_dir=target), runtime_env=runtime_env,
-                     metadata={"selfd.study": spec.name})
+        return _call(client.submit_job, entrypoint=ENTRYPOINT.format(study_dir=target, if_exists=if_exists),
+                     runtime_env=runtime_env, metadata={"selfd.study": spec.name})
 
 
 def status(address: str | None, job_id: str) -> str:

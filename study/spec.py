@@ -8,6 +8,7 @@ command with one line and exit code 2.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 import re
@@ -33,7 +34,7 @@ MAX_NAME = 100  # a study name names folders and an MLflow experiment; every fil
 
 def distinct_seeds(seeds: list[int]) -> list[int]:
     """Seeds pair runs across methods (a paired verdict counts each seed once): each one may be given once."""
-    twice = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    twice = sorted(seed for seed, count in collections.Counter(seeds).items() if count > 1)
     if twice:
         raise ValueError(f"the seed {twice[0]} is given more than once; give each seed once")
     return seeds

@@ -93,7 +93,11 @@ class StudyState:
         path = Path(study_dir) / STUDY_FILE
         if not path.is_file():
             raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
-        data = json.loads(path.read_text())
-        return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
-                   {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
-                   bool(data.get("finished")), int(data.get("resumed", 0)))
+        try:
+            data = json.loads(path.read_bytes())
+            return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
+                       {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
+                       bool(data.get("finished")), int(data.get("resumed", 0)))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # not written by selfd, or edited
+            raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); selfd writes it "
+                              "whole or not at all, so it was edited or is another program's file") from None

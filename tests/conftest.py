@@ -11,9 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from study.net import free_port, wait_until_healthy  # noqa: F401 (free_port: for the tests)
 from trainables.config import parse_config
+
+# Property-based tests (test_fuzz.py): a fixed set of examples in `make test`; `--hypothesis-profile=long` draws
+# many more, new ones each run
+settings.register_profile("selfd", max_examples=40, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("long", parent=settings.get_profile("selfd"), max_examples=2000, derandomize=False)
+settings.load_profile("selfd")
 
 # Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
 FAST = {

@@ -1,5 +1,5 @@
 """Faults a study survives: a tracking server that goes away mid-study (trials keep training, MLflow is
-backfilled later with `selfd report --sync`)."""
+backfilled later with `selfd report --sync`). The server is compose's: docker/mlflow-server.sh on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from test_study import TINY, write_spec
 SELFD = str(Path(sys.executable).parent / "selfd")
 
 
-def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
+def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path, postgresql):
+    store = postgresql("outage")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     spec = {**TINY, "name": "outage", "baselines": [], "seeds": [0],
@@ -25,7 +26,7 @@ def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0, 2.0]}}},
             "max_concurrent_trials": 1, "mlflow": {"tracking_uri": uri}}
     study_dir = tmp_path / "study"
-    server = start_mlflow_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port, store=store)
     # no retries: each call to the stopped server fails at once instead of after MLflow's backoff (~15 s a call
     # under selfd's bounded retries), which is what this test waited for most of its time
     driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
@@ -51,7 +52,7 @@ def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path):
     trials = list((study_dir / "tune" / "search-static").glob("run_trial_*/result.json"))
     assert len(trials) == 3 and all(len(t.read_text().splitlines()) == 2 for t in trials)  # every epoch trained
 
-    server = start_mlflow_server(tmp_path, port)  # back, on the same store
+    server = start_mlflow_server(tmp_path, port, store=store)  # back, on the same store
     try:
         synced = subprocess.run([SELFD, "report", "--sync", str(study_dir)], capture_output=True, text=True,
                                 timeout=300)

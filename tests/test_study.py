@@ -137,6 +137,43 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
     assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before
 
 
+def test_a_finished_study_is_never_run_over(grid_study, capsys):
+    """`selfd run` into a finished study refuses, `--if-exists continue` rebuilds its report and runs nothing, and
+    `--if-exists beside` runs a new study next to it: the old one's files, Tune records and MLflow runs stay."""
+    spec = grid_study / "spec.yaml"  # the study's own spec, as it ran
+    kept = {path: path.read_bytes() for path in (grid_study / "study.json", spec)}
+    tune = {path: path.stat().st_mtime_ns for path in (grid_study / "tune").rglob("*") if path.is_file()}
+    runs = {run.info.run_id for run in [*study_runs(grid_study)[2], *study_runs(grid_study)[3]]}
+    capsys.readouterr()
+
+    assert main(["run", str(spec), "--study-dir", str(grid_study)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"selfd: error: {grid_study} holds a finished study: `selfd report {grid_study}` rebuilds its report; or "
+        "start another with a new --study-dir or --if-exists beside (nothing of this one is touched)")
+
+    assert main(["run", str(spec), "--study-dir", str(grid_study), "--if-exists", "continue"]) == 0
+    shown = capsys.readouterr()
+    assert "holds this finished study: its report is rebuilt, nothing is run" in shown.err
+    assert "verdict: static vs vanilla_repeat: no verdict" in shown.out
+
+    other = ["--override", "training.epochs=1"]
+    assert main(["run", str(spec), "--study-dir", str(grid_study), "--if-exists", "continue", *other]) == 2
+    assert "holds a study of another spec (it differs in training.epochs)" in capsys.readouterr().err
+
+    one_trial = ["--override", "baselines=[]", "--override", "seeds=[0]", "--override", "training.epochs=1",
+                 "--override", "search.space.distill.tau.values=[1.0]",
+                 "--override", "search.space.distill.alpha.values=[1.0]"]
+    assert main(["run", str(spec), "--study-dir", str(grid_study), "--if-exists", "beside", *one_trial]) == 0
+    beside = grid_study.with_name(f"{grid_study.name}-2")
+    assert f"{grid_study} holds a study (left as it is); this one goes to {beside}" in capsys.readouterr().err
+    assert len(study_runs(beside)[3]) == 1 and json.loads((beside / "study.json").read_text())["finished"]
+
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert {path: path.stat().st_mtime_ns for path in (grid_study / "tune").rglob("*") if path.is_file()} == tune
+    assert {run.info.run_id for run in [*study_runs(grid_study)[2], *study_runs(grid_study)[3]]} == runs
+    assert main(["report", str(grid_study)]) == 0
+
+
 def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
     # one epoch evaluated 4 times: ASHA's rungs count evaluations
     spec = {**TINY, "name": "tpe", "baselines": [], "metric": "val_loss",

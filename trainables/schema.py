@@ -1,8 +1,9 @@
 """Reading what users write: strict pydantic models, YAML files, ``--override key.path=value``.
 
 Every check here ends in a ``ConfigError`` whose message is one line naming the file or the field: a YAML file
-that is not UTF-8 text, that is not valid YAML, that gives a key twice in one mapping, or whose top level is not
-a mapping; an override without ``=``; a value of the wrong type (``one_line`` of pydantic's error).
+that is larger than a config can be, that is not UTF-8 text, that is not valid YAML, that gives a key twice in one
+mapping, that nests deeper than any config does, or whose top level is not a mapping; an override without ``=``
+or with such a value; a value of the wrong type (``one_line`` of pydantic's error).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainables.errors import ConfigError
+
+MAX_BYTES = 1 << 20  # the largest config or spec file read (the shipped ones are under 4 KiB)
+MAX_DEPTH = 16  # the deepest nesting of mappings and lists read (the schemas nest 5 deep)
+MAX_VALUES = 100_000  # values in one file, YAML aliases expanded (an alias "bomb" expands to billions)
 
 
 class Strict(BaseModel):
@@ -42,6 +47,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path} is a directory; name a YAML file in it")
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
+    if (size := path.stat().st_size) > MAX_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a config file is at most {MAX_BYTES:,} (is it the right file?)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
@@ -55,11 +62,29 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: invalid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than {MAX_DEPTH} levels; no config field is") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    check_size(data, str(path))
     return data
+
+
+def check_size(value, where: str) -> None:
+    """ConfigError when ``value`` nests mappings and lists deeper than ``MAX_DEPTH`` or holds more than
+    ``MAX_VALUES`` values."""
+    level, layer, seen = 0, [value], 0
+    while layer:
+        level, seen = level + 1, seen + len(layer)
+        if level > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels; no config field is")
+        if seen > MAX_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_VALUES:,} values (YAML aliases expanded); no config is "
+                              "that large")
+        layer = [child for node in layer if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -73,6 +98,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             values[key] = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"override {override!r}: the value is not valid YAML") from None
+        except RecursionError:
+            raise ConfigError(f"override {key}: nested deeper than {MAX_DEPTH} levels; no config field is") from None
+        check_size(values[key], f"override {key}")
     return with_values(data, values)
 
 

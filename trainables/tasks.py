@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from trainables.cache import cached_entry, content_hash, registry_download
 from trainables.config import TaskConfig
-from trainables.errors import AssetError, ConfigError
+from trainables.errors import AssetError, ConfigError, first_line
 from trainables.hub import require_hub_asset
 
 BIGBENCH = ("bigbench", "1.0.0")
@@ -184,8 +185,13 @@ def carve_splits(config: TaskConfig, given: dict, stratify: str | None) -> tuple
              if splits.get(name) is None]
     left = 1.0
     for name, fraction in carve:
-        parts = splits["train"].train_test_split(test_size=fraction / left, seed=config.split_seed,
-                                                 stratify_by_column=stratify)
+        try:
+            parts = splits["train"].train_test_split(test_size=fraction / left, seed=config.split_seed,
+                                                     stratify_by_column=stratify)
+        except ValueError as error:  # too few examples, or too few of a label, to cut a stratified split
+            raise ConfigError(f"task data: {len(splits['train'])} training examples are too few to carve a {name} "
+                              f"split ({fraction:g} of them, stratified by {stratify}): {first_line(error)} Give "
+                              f"more rows, or a {name} file of its own (task.files.{name})") from None
         splits["train"], splits[name] = parts["train"], parts["test"]
         made[name] = f"carved from train: {fraction:g} of it, seed {config.split_seed}"
         left -= fraction
@@ -277,6 +283,8 @@ def _with_columns(config: TaskConfig, loaded: dict, source: dict):
         if missing:
             raise ConfigError(f"task.columns: {source[split]} has no column {missing[0]!r} "
                               f"(its columns: {', '.join(dataset.column_names)})")
+        for column in wanted:
+            _check_values(dataset[column], column, source[split])
     values = [v for dataset in loaded.values() for v in dataset.to_dict()[columns.label]]
     label_names, index = _label_index(config.labels, values, source["train"])
 
@@ -287,6 +295,21 @@ def _with_columns(config: TaskConfig, loaded: dict, source: dict):
                            remove_columns=dataset.column_names)
 
     return {name: standard(dataset) for name, dataset in loaded.items()}, label_names
+
+
+def _check_values(values: list, column: str, source: str) -> None:
+    """Every row has a value in ``column``, and a scalar one: a missing or empty value would otherwise train as the
+    text "None" or "nan", or as a label of its own. Rows are counted from 1, a header not counted."""
+    for row, value in enumerate(values, 1):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            problem = "no value"
+        elif isinstance(value, str) and not value.strip():
+            problem = "an empty value"
+        elif isinstance(value, (list, dict)):
+            problem = f"a {type(value).__name__}, where text or a label belongs"
+        else:
+            continue
+        raise ConfigError(f"task data: {source} row {row}, column {column!r}: {problem}; fill it in or drop the row")
 
 
 def _label_index(declared: list[str] | None, values: list, source: str):
