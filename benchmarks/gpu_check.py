@@ -13,8 +13,10 @@ initialised models of the paper's shapes, then what a study of the paper-scale s
 Every variant runs in its own process (its own peak memory); a step is timed from one log call to the next
 after ``--warmup`` steps (the log call reads the loss, so the GPU has finished the step), median of ``--steps``.
 No weights travel: each model is built from its configuration and saved as a local folder that the recipe
-loads by path, with a tokenizer of the selfd cache (MiniLM's for the classifier, SmolLM2's for the decoders;
-token ids stay below every shape's vocabulary). Data comes from the selfd cache too (``SELFD_CACHE``).
+loads by path, with a tokenizer in its real format, so the GPU run reads what users' runs read: DeBERTa-v3's is a
+SentencePiece ``spm.model`` without ``tokenizer.json`` and Llama-3.2's a byte-level BPE ``tokenizer.json``, both
+built offline (``offline_hub.py``, small vocabularies: token ids stay below every shape's vocabulary), SmolLM2's
+is its own (the packaged model's). Data comes from the selfd cache (``SELFD_CACHE``).
 
 For a GPU machine without network, ``--bundle DIR`` gathers here what it lacks: wheels of the packages the
 recipe needs beyond torch and transformers (for CPython 3.12), the two tokenizers and the prepared splits, as a
@@ -51,23 +53,25 @@ SHARING = (1, 2, 4, 8)
 PUBLISHED_TRAIN = {"rte": 2490, "boolq": 9427}
 SPECS = ("fig3_rte.yaml", "fig3_boolq.yaml", "nlg_llama.yaml")
 
-# (model type, configuration, tokenizer alias) of each shape; the smoke shapes keep the type, not the size
+# (model type, configuration, tokenizer) of each shape: a packaged alias's, or one built in its real format (SPM,
+# LLAMA3); the smoke shapes keep the type, not the size
 SHAPES = {
     "deberta-v3-large": ("deberta-v2", dict(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, vocab_size=128100,
         max_position_embeddings=512, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
         share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
-        max_relative_positions=-1, pad_token_id=0), "minilm-l6"),
+        max_relative_positions=-1, pad_token_id=0), "spm"),
     "llama-1b": ("llama", dict(
         hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
         intermediate_size=8192, vocab_size=128256, max_position_embeddings=4096, rope_theta=500000.0,
-        tie_word_embeddings=True), "smollm2-135m"),
+        tie_word_embeddings=True), "llama3"),
     "smollm2-135m": ("llama", dict(
         hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
         vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0, tie_word_embeddings=True),
         "smollm2-135m"),
 }
-TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens")  # name prefixes
+TOKENIZER_FILES = ("tokenizer", "special_tokens", "vocab", "merges", "added_tokens", "spm")  # name prefixes
+BUILT_TOKENIZERS = ("spm", "llama3")  # offline_hub.py's DeBERTa-v3 and Llama-3 formats
 SMOKE_SIZE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
@@ -92,11 +96,22 @@ def build_model_folder(shape: str, folder: Path, smoke: bool) -> Path:
     kind = AutoModelForCausalLM if config.model_type == "llama" else AutoModelForSequenceClassification
     torch.manual_seed(0)
     kind.from_config(config).save_pretrained(folder)
-    tokenizer_folder = Path(resolve_model(SHAPES[shape][2]))
+    source = SHAPES[shape][2]
+    tokenizer_folder = built_tokenizer(source) if source in BUILT_TOKENIZERS else Path(resolve_model(source))
     for path in tokenizer_folder.iterdir():  # tokenizer files only: never the source model's weights or config
         if path.name.startswith(TOKENIZER_FILES):
             shutil.copy(path, folder / path.name)
     return folder
+
+
+def built_tokenizer(kind: str) -> Path:
+    """A tokenizer in DeBERTa-v3's (``spm``) or Llama-3's (``llama3``) format, built once into the selfd cache."""
+    from offline_hub import byte_level_tokenizer, sentencepiece_tokenizer
+
+    from trainables.cache import cached_entry
+
+    build = sentencepiece_tokenizer if kind == "spm" else byte_level_tokenizer
+    return cached_entry(f"tokenizers/{kind}", build)
 
 
 def run_config(shape_folder: Path, shape: str, method: str, storage: str, batch_size: int, max_length: int,
@@ -230,7 +245,7 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
 
 # what the recipe imports beyond the GPU image's packages (torch, transformers, pyarrow, filelock, absl-py, ...)
 WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "datasets", "dill", "multiprocess",
-          "rouge-score", "nltk", "defusedxml")
+          "rouge-score", "nltk", "defusedxml", "sentencepiece")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
@@ -255,7 +270,9 @@ def bundle(folder: Path) -> None:
             subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), pinned],
                            check=True)
     cache = folder / "cache"
-    for alias in {tokenizer for _, _, tokenizer in SHAPES.values()}:
+    for kind in BUILT_TOKENIZERS:
+        shutil.copytree(built_tokenizer(kind), cache / "tokenizers" / kind, dirs_exist_ok=True)
+    for alias in {tokenizer for _, _, tokenizer in SHAPES.values()} - set(BUILT_TOKENIZERS):
         target = cache / "models" / alias
         target.mkdir(parents=True, exist_ok=True)
         for path in Path(resolve_model(alias)).iterdir():

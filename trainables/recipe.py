@@ -48,9 +48,10 @@ from trainables.causal_lm import CausalLMObjective
 from trainables.classification import ClassificationObjective
 from trainables.config import ModelConfig, RunConfig
 from trainables.devices import mixed_precision, pick_device, use_cpu_threads
-from trainables.errors import ConfigError, TrainingDiverged
+from trainables.errors import TrainingDiverged
 from trainables.grad_norms import layer_groups, log10_grad_norms
 from trainables.methods import METHODS
+from trainables.models import check_frozen_layers, check_model_settings
 from trainables.task_kinds import TaskKind, check_combination, task_kind
 
 OBJECTIVES = {TaskKind.CLASSIFICATION: ClassificationObjective, TaskKind.GENERATION: CausalLMObjective}
@@ -86,6 +87,7 @@ class FineTuneRecipe:
         self.method = METHODS[config.method]
         self.objective = OBJECTIVES[task_kind(config.task)](config, self.device, self.autocast,
                                                             self.method.rule(config.distill))
+        check_model_settings(config.model, self.objective.model_path, task_kind(config.task) is TaskKind.GENERATION)
         seed_everything(training.seed)
         self.model = self.objective.load_model().to(self.device)
         freeze_pretrained(self.model, config.model)
@@ -249,13 +251,6 @@ def freeze_pretrained(model, settings: ModelConfig) -> None:
     for name in ("embeddings", *blocks[:settings.freeze_layers]):
         for parameter in groups.get(name, ()):
             parameter.requires_grad_(False)
-
-
-def check_frozen_layers(settings: ModelConfig, blocks: int) -> None:
-    """``settings.freeze_layers`` must not exceed the model's ``blocks``."""
-    if settings.freeze_layers > blocks:
-        raise ConfigError(f"model.freeze_layers is {settings.freeze_layers} but {settings.name} has {blocks} "
-                          f"transformer blocks; freeze at most {blocks}")
 
 
 def optimizer_step(loss, model, optimizer, scheduler, groups, training, step: int) -> dict[str, float]:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from trainables.errors import AssetError, ConfigError
 from trainables.generation_tasks import GENERATION_TASKS
 from trainables.metrics import Metric
-from trainables.models import ALTERNATIVES, MODEL_ALIASES, local_model_folder
+from trainables.models import ALTERNATIVES, MODEL_ALIASES, check_tokenizer_packages, local_model_folder
 from trainables.tasks import BIGBENCH_TASKS, KNOWN_TASKS, load_task
 
 
@@ -57,8 +57,11 @@ def check_offline(config) -> None:
     if task.files is not None:
         load_task(task)  # local files: existence, format, columns and label values; prepared once and cached
     name = config.model.name
-    if name not in MODEL_ALIASES and local_model_folder(name) is None and name.count("/") != 1:
+    folder = None if name in MODEL_ALIASES else local_model_folder(name)
+    if name not in MODEL_ALIASES and folder is None and name.count("/") != 1:
         raise AssetError(f"unknown model {name!r}: {ALTERNATIVES}, or a hub id (organisation/name)")
+    if name not in MODEL_ALIASES:  # a local folder, or a hub id when it is cached (else `run` fetches it first)
+        check_tokenizer_packages(folder or name)
     labels = BIGBENCH_TASKS[task.name].label_names if task.name in BIGBENCH_TASKS and task.files is None \
         and task.hub is None else None
     if labels and config.model.num_labels and config.model.num_labels != len(labels):

@@ -151,6 +151,7 @@ def load_task(config: TaskConfig) -> TaskData:
     import datasets
 
     datasets.disable_progress_bars()  # selfd prints its own progress
+    datasets.logging.set_verbosity_error()  # not "Found the latest cached dataset configuration …" (offline)
     source_key, build = _task_source(config)
     key = content_hash(source_key, config.validation_fraction, config.test_fraction, config.split_seed)
     folder = cached_entry(f"tasks/{config.name}-{key}", build)
@@ -234,7 +235,7 @@ def _from_bigbench(task: BigBenchTask):
 def _from_known_hub(task: HubTask):
     from datasets import load_dataset
 
-    require_hub_asset(task.repo, repo_type="dataset", alternatives=DATA_ALTERNATIVES)
+    require_hub_asset(task.repo, repo_type="dataset", alternatives=DATA_ALTERNATIVES, config=task.config)
     splits = load_dataset(task.repo, task.config)
 
     def standard(split):
@@ -266,7 +267,7 @@ def _from_files(config: TaskConfig, files: dict[str, str]):
 def _from_hub(config: TaskConfig):
     from datasets import load_dataset
 
-    require_hub_asset(config.hub, repo_type="dataset", alternatives=DATA_ALTERNATIVES)
+    require_hub_asset(config.hub, repo_type="dataset", alternatives=DATA_ALTERNATIVES, config=config.hub_config)
     splits = load_dataset(config.hub, config.hub_config)
     loaded = {"train": splits["train"]}
     if "validation" in splits:  # hub test splits often hide their labels: validation is the test split
