@@ -140,3 +140,16 @@ def test_a_gated_or_unknown_hub_model_gets_one_line_with_hf_token_and_the_offlin
     finally:
         server.shutdown()
     assert not (tmp_path / "s").exists()
+
+
+def test_an_uncached_hub_data_set_offline_gets_one_line_with_the_offline_way(tmp_path):
+    env = offline_environment(tmp_path / "empty-hf", selfd_cache(tmp_path / "selfd-cache"))
+    ran = subprocess.run([SELFD, "run", str(ROOT / "search_spaces" / "fig3_rte.yaml"), "--study-dir",
+                          str(tmp_path / "s")], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 2, ran.stderr[-2000:]
+    assert ran.stderr.strip().splitlines() == [
+        "selfd: error: hub dataset 'aps/super_glue' (config rte) is not in the local cache and HF_HUB_OFFLINE is "
+        "set: fill a Hugging Face cache where the hub is reachable (`selfd data prepare` with the task or --model), "
+        "copy HF_HOME here and set HF_HUB_OFFLINE=1; or use a packaged task (strategyqa, epistemic_reasoning, "
+        "multiemo, fever) or local files with task.files"]
+    assert not (tmp_path / "s").exists()

@@ -36,8 +36,9 @@ THREE_TRIALS = {**TINY, "baselines": [], "seeds": [0],
                 "max_concurrent_trials": 1}
 
 
-def one_ended_one_midway(study_dir: Path):
-    """(finished child runs, running child runs whose trial has checkpointed an epoch), once there are both."""
+def one_ended_one_midway(study_dir: Path, ended: int = 1):
+    """(finished child runs, running child runs whose trial has checkpointed an epoch), once ``ended`` trials
+    have finished and one is midway."""
     if not (study_dir / "study.json").is_file():
         return None
     client, _, _, children = study_runs(study_dir)
@@ -49,7 +50,7 @@ def one_ended_one_midway(study_dir: Path):
 
     finished = [c for c in children if c.info.status == "FINISHED"]
     midway = [c for c in children if c.info.status == "RUNNING" and checkpointed(c.data.tags["selfd.trial_id"])]
-    return (finished, midway) if finished and midway else None
+    return (finished, midway) if len(finished) >= ended and midway else None
 
 
 def assert_every_trial_ended_once(study_dir: Path) -> None:
@@ -65,56 +66,28 @@ def assert_every_trial_ended_once(study_dir: Path) -> None:
     assert {t.last_result["training_iteration"] for t in trials} == {3}
 
 
-def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
-    spec = {**THREE_TRIALS, "name": "resumable"}
-    study_dir = tmp_path / "study"
-    driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        finished, midway = wait_until(lambda: one_ended_one_midway(study_dir), 300,
-                                      "a finished and a half-done trial", driver)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
-        driver.wait()
-    ended_before = {c.data.tags["selfd.trial_id"]: c.info.run_id for c in finished}
-    resumed_run = midway[0].info.run_id
-
-    rerun = subprocess.run([SELFD, "run", str(tmp_path / "resumable.yaml"), "--study-dir", str(study_dir)],
-                           capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 2 and f"selfd resume {study_dir}" in rerun.stderr  # nothing lost by a slip
-
-    resumed = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    assert_every_trial_ended_once(study_dir)
-    client, info, parents, children = study_runs(study_dir)
-    assert parents[0].data.tags["selfd.resumed"] == "1"
-    # ended: not trained again; midway: from its checkpoint, in the same runs
-    assert {c.info.run_id for c in children} >= {*ended_before.values(), resumed_run}
-
-    again = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
-    assert again.returncode == 0 and "nothing to resume" in again.stdout
-    assert len(study_runs(study_dir)[3]) == 3
-
-
-def test_sigterm_stops_cleanly_and_resume_ends_every_trial_once_on_postgresql(tmp_path, postgresql):
+def test_a_stopped_then_killed_driver_resumes_every_trial_exactly_once_on_postgresql(tmp_path, postgresql):
     """SIGTERM to the driver (what `docker stop` sends): exit code 143, one line saying how to resume, no stack
-    dumps; a second driver is refused while the first runs; then `selfd resume` ends every trial once, with no
-    duplicate run in MLflow. The tracking server is compose's: docker/mlflow-server.sh on PostgreSQL."""
+    dumps, and no run duplicated; a second driver is refused while the first runs, and `run` into the study is
+    refused. Then the resumed driver is SIGKILLed with its whole process group, Ray included (a reboot), and
+    resumed again: every trial ends exactly once. The tracking server is compose's: docker/mlflow-server.sh on
+    PostgreSQL."""
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
     from conftest import free_port, start_mlflow_server, stop_process_group
 
     port = free_port()
-    server = start_mlflow_server(tmp_path, port, store=postgresql("terminated"))
-    spec = {**THREE_TRIALS, "name": "terminated", "mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}}
+    server = start_mlflow_server(tmp_path, port, store=postgresql("resumable"))
+    spec = write_spec(tmp_path, {**THREE_TRIALS, "name": "resumable",
+                                 "mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}})
     study_dir = tmp_path / "study"
     try:
-        driver = subprocess.Popen([SELFD, "run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)],
-                                  start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        driver = subprocess.Popen([SELFD, "run", str(spec), "--study-dir", str(study_dir)], start_new_session=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: one_ended_one_midway(study_dir), 300, "a finished and a half-done trial", driver)
+            finished, midway = wait_until(lambda: one_ended_one_midway(study_dir), 300,
+                                          "a finished and a half-done trial", driver)
             second = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr[-2000:]
             assert second.stderr.strip() == (f"selfd: error: {study_dir.resolve()} is being run by selfd pid "
@@ -125,7 +98,8 @@ def test_sigterm_stops_cleanly_and_resume_ends_every_trial_once_on_postgresql(tm
             _, err = driver.communicate(timeout=120)
             stopped_after = time.monotonic() - signalled
         finally:
-            os.killpg(driver.pid, signal.SIGKILL) if driver.poll() is None else None
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
         print(f"SIGTERM: the driver exited {stopped_after:.1f} s after the signal")
         assert driver.returncode == 143, err[-3000:]
         assert [line for line in err.splitlines() if line.startswith("selfd:") and "downloading" not in line] == [
@@ -133,13 +107,35 @@ def test_sigterm_stops_cleanly_and_resume_ends_every_trial_once_on_postgresql(tm
         for dump in ("Traceback", "SIGTERM received", "AbslFailureSignalHandler", "***"):
             assert dump not in err, err[-3000:]
         assert stopped_after < 10  # within `docker stop`'s grace period
-
-        resumed = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert_every_trial_ended_once(study_dir)
         _, info, _, _ = study_runs(study_dir)
-        every = MlflowClient(info["tracking_uri"]).search_runs([info["experiment_id"]], run_view_type=ViewType.ALL)
-        assert len(every) == 1 + 3  # the parent and one run per trial: none deleted as a duplicate either
+        client = MlflowClient(info["tracking_uri"])
+        stopped_runs = {r.info.run_id for r in client.search_runs([info["experiment_id"]], run_view_type=ViewType.ALL)}
+
+        rerun = subprocess.run([SELFD, "run", str(spec), "--study-dir", str(study_dir)], capture_output=True,
+                               text=True, timeout=120)
+        assert rerun.returncode == 2 and f"selfd resume {study_dir}" in rerun.stderr  # nothing lost by a slip
+
+        resumed = subprocess.Popen([SELFD, "resume", str(study_dir)], start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: one_ended_one_midway(study_dir, ended=2), 300,
+                       "the resumed study's third trial midway", resumed)
+        finally:
+            os.killpg(resumed.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+            resumed.wait()
+        last = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
+        assert last.returncode == 0, last.stderr[-3000:]
+
+        assert_every_trial_ended_once(study_dir)
+        _, _, parents, children = study_runs(study_dir)
+        assert parents[0].data.tags["selfd.resumed"] == "2"
+        # the stop duplicated nothing: every run it left is one of the study's (none deleted as a duplicate)
+        assert stopped_runs <= {parents[0].info.run_id, *(c.info.run_id for c in children)}
+        assert {c.info.run_id for c in children} >= {*(c.info.run_id for c in finished), midway[0].info.run_id}
+
+        again = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "nothing to resume" in again.stdout
+        assert len(study_runs(study_dir)[3]) == 3
     finally:
         stop_process_group(server)
 
