@@ -33,7 +33,7 @@ from study.directory import check_writable, driving, holds_study, refusal
 from study.progress import StudyProgress
 from study.signals import stop_on_termination
 from study.spec import StudySpec, check_scheduler
-from study.state import STUDY_FILE, Phase, PhaseKind, PhaseRecord, StudyState
+from study.state import Phase, PhaseKind, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
 from trainables.errors import ConfigError
 from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries

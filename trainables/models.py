@@ -178,7 +178,8 @@ def check_model_settings(settings, path: str, causal: bool) -> None:
                           f"blocks; keep at most {blocks}")
     check_frozen_layers(settings, settings.num_layers or blocks)
     attention = settings.attn_implementation
-    supported = {"eager": True, "sdpa": model_class._supports_sdpa, "flash_attention_2": model_class._supports_flash_attn}
+    supported = {"eager": True, "sdpa": model_class._supports_sdpa,
+                 "flash_attention_2": model_class._supports_flash_attn}
     if attention and not supported[attention]:
         offered = ", ".join(name for name, ok in supported.items() if ok)
         raise ConfigError(f"model.attn_implementation: {family} models ({model_class.__name__}) do not support "
