@@ -18,7 +18,7 @@ from trainables.config import parse_config
 
 # Property-based tests (test_fuzz.py): a fixed set of examples in `make test`; `--hypothesis-profile=long` draws
 # many more, new ones each run
-settings.register_profile("selfd", max_examples=40, deadline=None, derandomize=True,
+settings.register_profile("selfd", max_examples=30, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("long", parent=settings.get_profile("selfd"), max_examples=2000, derandomize=False)
 settings.load_profile("selfd")

@@ -103,3 +103,32 @@ def test_odd_batch_is_fine_without_reuse(tmp_path, capsys):
     config = write_config(tmp_path, {"method": "vanilla", **FAST, "training": {**FAST["training"], "batch_size": 7}})
     assert main(["train", str(config)]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 7  # 48 samples in batches of 7
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_stop_signal_is_an_interrupt_that_names_its_signal_and_exit_code(name, code):
+    """What `selfd run` and `resume` do on SIGTERM and SIGHUP, in a process without Ray (the study-level test is
+    tests/test_resume.py): the signal raises KeyboardInterrupt, a second one does not interrupt the stop, and
+    `main` prints one line and exits with 128 + the signal's number."""
+    script = f"""
+import os, signal, sys, time
+from study import cli, signals
+def stopped(args):
+    signals.stop_on_termination()
+    os.kill(os.getpid(), signal.{name})
+    time.sleep(5)
+def twice(args):
+    signals.stop_on_termination()
+    try:
+        os.kill(os.getpid(), signal.{name})
+        time.sleep(5)
+    except KeyboardInterrupt:
+        os.kill(os.getpid(), signal.{name})  # ignored while stopping
+        time.sleep(0.2)
+        raise
+cli._validate = stopped if sys.argv[1] == "once" else twice
+sys.exit(cli.main(["validate", "x.yaml"]))
+"""
+    for how in ("once", "twice"):
+        ran = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == code and ran.stderr.strip() == f"selfd: stopped by {name}", ran.stderr
