@@ -44,7 +44,7 @@ def refusal(folder: Path) -> str:
 
 def beside(folder: Path) -> Path:
     """The first of ``folder``-2, ``folder``-3, … that holds no study."""
-    number = 2
+    folder, number = folder.resolve(), 2  # `.` has no name to number
     while holds_study(candidate := folder.with_name(f"{folder.name}-{number}")):
         number += 1
     return candidate
