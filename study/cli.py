@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (study.signals)
         from study.signals import received
 
-        signal = received()
-        what = f"stopped by {signal.name}" if signal else "interrupted"
+        stopped_by = received()
+        what = f"stopped by {stopped_by.name}" if stopped_by else "interrupted"
         print(f"selfd: {'; '.join([what, *getattr(stop, '__notes__', [])])}", file=sys.stderr)
-        return 128 + signal if signal else 130
+        return 128 + stopped_by if stopped_by else 130
 
 
 def error_line(error: Exception) -> str:

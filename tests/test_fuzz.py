@@ -34,7 +34,7 @@ from trainables.task_kinds import check_offline
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted(path for path in (ROOT / "search_spaces").glob("*.yaml") if "methods:" in path.read_text())
 CONFIG = ROOT / "search_spaces" / "demo_train_cpu.yaml"
-SECONDS = 5  # the most one case may take
+SECONDS = 10  # the most one case may take (the slowest seen: ~5 s, 30 rows of 100 kB fields read through pandas)
 
 
 # ---- values a user might write anywhere ------------------------------------------------------------------------
@@ -93,6 +93,7 @@ def mutated(draw, base: dict) -> dict:
             set_at(data, path, node)
         elif kind == "grow":
             set_at(data, path, [node] * draw(st.sampled_from([0, 2, 1000, 20000])))
+            break  # growing what was grown would make the test's own copies, not the reader, the work
     return data
 
 
@@ -194,6 +195,12 @@ CELLS = st.one_of(GOOD_TEXT, GOOD_TEXT, GOOD_TEXT, st.none(), st.sampled_from(["
 LABELS = st.one_of(st.sampled_from(["yes", "no"]), st.sampled_from(["yes", "no"]), CELLS)
 
 
+# text that pandas reads as a missing value: in every CSV, and in JSON Lines where a bare NaN makes `datasets` read
+# the file with pandas (pandas' default na_values)
+READ_AS_MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+                   "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
 def missing(value) -> bool:
     """What the reader must refuse: no value, NaN, blank text, a list or a mapping."""
     return (value is None or (isinstance(value, float) and math.isnan(value))
@@ -266,8 +273,7 @@ def test_the_data_reader_refuses_missing_values_with_file_row_and_column(tmp_pat
             row, column = int(where.split(",")[0]), where.split("column '", 1)[1].split("'")[0]
             assert 1 <= row <= len(table) and column in ("text", "pair", "label")
             cell = table[row - 1][column]
-            assert missing(cell) or (kind == "csv" and str(cell).strip() in ("", "nan", "NaN", "None", "null")), \
-                (message, cell)
+            assert missing(cell) or str(cell).strip() in READ_AS_MISSING, (message, cell)
     else:
         event(f"{kind}: accepted")
         # a table with a missing value in a used column is never accepted
