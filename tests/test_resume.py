@@ -86,13 +86,15 @@ def test_a_stopped_then_killed_driver_resumes_every_trial_exactly_once_on_postgr
         driver = subprocess.Popen([SELFD, "run", str(spec), "--study-dir", str(study_dir)], start_new_session=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            finished, midway = wait_until(lambda: one_ended_one_midway(study_dir), 300,
-                                          "a finished and a half-done trial", driver)
+            wait_until(lambda: (study_dir / "study.json").is_file(), 300, "the study to start", driver)
             second = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr[-2000:]
             assert second.stderr.strip() == (f"selfd: error: {study_dir.resolve()} is being run by selfd pid "
                                              f"{driver.pid} on {os.uname().nodename}; one driver at a time: wait for "
                                              "it to end, or stop it (it stays resumable) and then `selfd resume`")
+            # stopped at once: Tune's saved state may not know a newer checkpoint (see docs/study.md)
+            finished, midway = wait_until(lambda: one_ended_one_midway(study_dir), 300,
+                                          "a finished and a half-done trial", driver)
             signalled = time.monotonic()
             driver.send_signal(signal.SIGTERM)
             _, err = driver.communicate(timeout=120)
