@@ -4,6 +4,7 @@ once, in Tune and in MLflow. One driver at a time runs a study."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,7 +124,8 @@ def test_a_stopped_then_killed_driver_resumes_every_trial_exactly_once_on_postgr
             wait_until(lambda: one_ended_one_midway(study_dir, ended=2), 300,
                        "the resumed study's third trial midway", resumed)
         finally:
-            os.killpg(resumed.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+            with contextlib.suppress(ProcessLookupError):  # gone already when the wait above failed
+                os.killpg(resumed.pid, signal.SIGKILL)  # the driver and the Ray processes it started
             resumed.wait()
         last = subprocess.run([SELFD, "resume", str(study_dir)], capture_output=True, text=True, timeout=600)
         assert last.returncode == 0, last.stderr[-3000:]
