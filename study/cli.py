@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfd: training diverged: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM / SIGHUP (study.signals)
+        import signal
+
         from study.signals import received
 
         stopped_by = received()
-        what = f"stopped by {stopped_by.name}" if stopped_by else "interrupted"
+        what = "interrupted" if stopped_by in (None, signal.SIGINT) else f"stopped by {stopped_by.name}"
         print(f"selfd: {'; '.join([what, *getattr(stop, '__notes__', [])])}", file=sys.stderr)
         return 128 + stopped_by if stopped_by else 130
 

@@ -31,7 +31,7 @@ import yaml
 from study import state as phases
 from study.directory import check_writable, driving, holds_study, refusal
 from study.progress import StudyProgress
-from study.signals import stop_on_termination
+from study import signals
 from study.spec import StudySpec, check_scheduler
 from study.state import Phase, PhaseKind, PhaseRecord, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
@@ -112,7 +112,7 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> int:
     train_size = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
     check_scheduler(spec, train_size)
     connect_ray(address, spec)
-    stop_on_termination()  # again: ray.init replaced the handlers with its own
+    signals.stop_on_termination()  # again: ray.init replaced the handlers with its own
     return train_size
 
 
@@ -316,10 +316,21 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyPr
     path = study_dir / "tune" / phase.name
     if tune.Tuner.can_restore(path):
         # finished and failed trials stay as they ended; unfinished ones go on from their last checkpoint
-        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False).fit()
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = _tuner(spec, study_dir, tracking, progress, phase, trainable, param_space, search)
+    with signals.tune_stops_itself():
+        results = tuner.fit()
+    signals.raise_if_stopped()  # the phase did not end: its trials stopped where they last checkpointed
+    return results
+
+
+def _tuner(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase, trainable,
+           param_space: dict, search: Search | None):
+    from ray import tune
 
     search = search or Search(searcher=None, trials=1)  # a fixed phase: its param_space's grid, run once
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space=param_space,
         # metric and mode live on the searcher and the scheduler: Tune refuses them in two places
@@ -333,7 +344,6 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyPr
             # Tune's own trial tables are left out (verbose=0): `progress` prints a line per ended trial
             callbacks=[TrialStatus(tracking, study_dir), progress], verbose=0),
     )
-    return tuner.fit()
 
 
 def best_setting(results, spec: StudySpec, method: str) -> dict | None:

@@ -109,7 +109,9 @@ def test_odd_batch_is_fine_without_reuse(tmp_path, capsys):
 def test_a_stop_signal_is_an_interrupt_that_names_its_signal_and_exit_code(name, code):
     """What `selfd run` and `resume` do on SIGTERM and SIGHUP, in a process without Ray (the study-level test is
     tests/test_resume.py): the signal raises KeyboardInterrupt, a second one does not interrupt the stop, and
-    `main` prints one line and exits with 128 + the signal's number."""
+    `main` prints one line and exits with 128 + the signal's number. While a Tune experiment runs, the signal
+    calls Tune's own stop (its SIGUSR1 handler, stood in for by one that records the call) instead of raising,
+    and the driver raises once the experiment returns."""
     script = f"""
 import os, signal, sys, time
 from study import cli, signals
@@ -126,9 +128,18 @@ def twice(args):
         os.kill(os.getpid(), signal.{name})  # ignored while stopping
         time.sleep(0.2)
         raise
-cli._validate = stopped if sys.argv[1] == "once" else twice
+def tune(args):
+    signals.stop_on_termination()
+    asked = []
+    with signals.tune_stops_itself():
+        signal.signal(signal.SIGUSR1, lambda *_: asked.append("stop"))  # as Tune's experiment loop does
+        os.kill(os.getpid(), signal.{name})
+        time.sleep(0.2)
+    assert asked == ["stop"], asked
+    signals.raise_if_stopped()
+cli._validate = {{"once": stopped, "twice": twice, "tune": tune}}[sys.argv[1]]
 sys.exit(cli.main(["validate", "x.yaml"]))
 """
-    for how in ("once", "twice"):
+    for how in ("once", "twice", "tune"):
         ran = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, timeout=60)
         assert ran.returncode == code and ran.stderr.strip() == f"selfd: stopped by {name}", ran.stderr
