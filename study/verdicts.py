@@ -1,11 +1,26 @@
-"""What a study may claim: per-method score statistics over seeds and paired verdicts between methods.
+"""What a study may claim: each method's outcomes over seeds, and paired verdicts between methods that hold at
+the few seeds fine-tuning studies run, on scores that are bounded and often bimodal (runs "click" or fail).
 
-METHOD.md, "Evaluation protocol": per method, the mean, std and 95 % t-interval over seeds; per comparison, the
-mean paired difference over the seeds both ran (same seed = same initialisation and data order), its 95 %
-t-interval, a paired t-test's p-value, and one word decided by the interval: *better* (entirely above 0 in the
-metric's good direction), *worse* (entirely below), *not distinguishable* (it spans 0). With fewer than 3 shared
-seeds no verdict is given. The smallest difference the seeds could detect is the interval's half-width,
-t(0.975, n − 1) · s_d / √n. The statistics are scipy's (``scipy.stats.ttest_1samp``, ``ttest_rel``).
+Outcomes (``Outcomes``): n, mean, median, std, min and max over all runs; the failed runs (a rule fixed before
+the study ran: ``study.spec.Verdicts``) with the failure rate's exact (Clopper–Pearson) 95 % interval; the mean
+of the runs that did not fail, labelled conditional. Nothing is dropped: verdicts use every run.
+
+A verdict (``compare``) pairs the two methods' scores on the seeds both ran (same seed, same initialisation and
+data order) and tests the paired differences with an exact sign-flip permutation test (``scipy.stats.
+permutation_test``; every sign pattern up to 13 seeds, 9,999 random ones beyond). Under "the two methods are
+interchangeable" every sign pattern is equally likely, whatever the scores' distribution, so the false-positive
+rate is at most 5 % at every n; a t-test assumes what bimodal scores are not. Its word:
+- *better* / *worse*: the two-sided test rejects (p < 0.05), in the metric's good / bad direction;
+- *equivalent*: both one-sided tests against ±``margin`` reject at 5 % (TOST: the 90 % interval lies within the
+  margin);
+- *not distinguishable*: neither; ``needed`` then says how many paired seeds would decide it (``plan``);
+- *no verdict*: fewer than 3 shared seeds.
+With 5 seeds or fewer no sign-flip test can reach p < 0.05 (the smallest two-sided p is 2/2ⁿ): such a study can
+say *not distinguishable* only, and its plan says so. The 95 % interval is the set of shifts the test does not
+reject, cut to the differences the metric allows. Beside the word: the probability of improvement (the share of
+paired seeds where the subject scored higher, ties half), and the paired table of failed runs with an exact
+McNemar test on its discordant pairs. The procedure's error rates and power are simulated in
+tests/test_verdicts.py and benchmarks/verdict_power.py.
 """
 
 from __future__ import annotations
@@ -15,51 +30,100 @@ import statistics
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
 MIN_SEEDS = 3
-CONFIDENCE = 0.95
+LEVEL = 0.05  # two-sided: a verdict's false-positive rate; TOST's one-sided tests each at this level
+RESAMPLES = 9999  # sign patterns: all of them up to n = 13 (2¹³ ≤ 9,999), else this many at random
+POWER = 0.8  # what a seed plan aims for
+MIN_DECISIVE_SEEDS = 6  # the fewest paired seeds at which a sign-flip test can reach p < 0.05 (2/2⁶ = 0.031)
 
 
 class Word(StrEnum):
     BETTER = "better"
     WORSE = "worse"
+    EQUIVALENT = "equivalent"
     NOT_DISTINGUISHABLE = "not distinguishable"
     NO_VERDICT = "no verdict"
 
+    @property
+    def decisive(self) -> bool:
+        return self in (Word.BETTER, Word.WORSE, Word.EQUIVALENT)
+
 
 @dataclass(frozen=True)
-class Scores:
-    """One method's (or cell's) scores over seeds: mean, sample std and the 95 % t-interval of the mean."""
+class Outcomes:
+    """One method's (or cell's) runs over seeds, as they are."""
 
     n: int
     mean: float
-    std: float
-    low: float  # NaN below two seeds
-    high: float
+    median: float
+    std: float  # NaN below two runs
+    min: float
+    max: float
+    failed: int | None  # None: no failure rule for this study
+    failure_low: float  # exact 95 % interval of the failure rate
+    failure_high: float
+    clicked_mean: float  # mean over the runs that did not fail (conditional on not failing)
 
     @classmethod
-    def of(cls, values) -> Scores:
-        from scipy.stats import ttest_1samp
+    def of(cls, values, failed=None) -> Outcomes:
+        """``values`` in run order; ``failed``: one flag per run, or None when no failure rule applies."""
+        from scipy.stats import binomtest
 
         values = [float(v) for v in values]
-        n = len(values)
+        n, nan = len(values), math.nan
         if n == 0:
-            return cls(0, math.nan, math.nan, math.nan, math.nan)
-        mean = statistics.fmean(values)
-        if n < 2:
-            return cls(1, mean, math.nan, math.nan, math.nan)
-        std = statistics.stdev(values)
-        if std == 0:
-            return cls(n, mean, 0.0, mean, mean)
-        interval = ttest_1samp(values, 0.0).confidence_interval(CONFIDENCE)
-        return cls(n, mean, std, float(interval.low), float(interval.high))
+            return cls(0, nan, nan, nan, nan, nan, None if failed is None else 0, nan, nan, nan)
+        std = statistics.stdev(values) if n > 1 else nan
+        count, low, high, clicked = None, nan, nan, statistics.fmean(values)
+        if failed is not None:
+            failed = [bool(f) for f in failed]
+            count = sum(failed)
+            interval = binomtest(count, n).proportion_ci(0.95, method="exact")
+            low, high = float(interval.low), float(interval.high)
+            kept = [v for v, f in zip(values, failed) if not f]
+            clicked = statistics.fmean(kept) if kept else nan
+        return cls(n, statistics.fmean(values), statistics.median(values), std, min(values), max(values), count,
+                   low, high, clicked)
+
+    @property
+    def failure_rate(self) -> float:
+        return math.nan if not self.n or self.failed is None else self.failed / self.n
 
     def text(self, digits: int = 3) -> str:
         if self.n == 0:
             return "no scores"
+        f = f".{digits}f"
         if self.n == 1:
-            return f"{self.mean:.{digits}f} (1 seed)"
-        return (f"{self.mean:.{digits}f} ± {self.std:.{digits}f} "
-                f"[{self.low:.{digits}f}, {self.high:.{digits}f}] ({self.n} seeds)")
+            return f"{self.mean:{f}} (1 seed)" + ("" if not self.failed else ", failed")
+        text = (f"mean {self.mean:{f}}, median {self.median:{f}}, std {self.std:{f}}, "
+                f"min {self.min:{f}}, max {self.max:{f}} ({self.n} seeds)")
+        if self.failed is not None:
+            text += (f"; failed {self.failed}/{self.n} [{self.failure_low:.2f}, {self.failure_high:.2f}]"
+                     + (f", mean of the rest {self.clicked_mean:{f}} (conditional)" if self.failed else ""))
+        return text
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Paired seeds that would give ``POWER`` to decide a comparison, and what they cost."""
+
+    detect: float  # the difference planned for
+    seeds: int | None  # paired seeds for POWER to call ``detect`` better/worse (None: nothing to detect)
+    margin: float | None
+    seeds_for_margin: int | None  # paired seeds for POWER to call two methods within ``margin`` equivalent
+    spread: float  # the paired differences' standard deviation planned with
+    from_failure_rates: bool  # the spread comes from the failure rates (click-type scores), not the sample std
+
+    def text(self) -> str:
+        parts = []
+        if self.seeds is not None:
+            parts.append(f"{self.seeds} paired seeds for {POWER:.0%} power to detect {self.detect:+.3f}")
+        if self.seeds_for_margin is not None:
+            parts.append(f"{self.seeds_for_margin} to show equivalence within ±{self.margin:g}")
+        basis = "failure rates" if self.from_failure_rates else "spread of the differences"
+        return "; ".join(parts) + f" (planned from the {basis}, σ_d = {self.spread:.3f})" if parts else ""
 
 
 @dataclass(frozen=True)
@@ -69,53 +133,194 @@ class Verdict:
     subject: str
     control: str
     seeds: tuple[int, ...]
-    difference: float  # mean paired difference
-    low: float  # its 95 % t-interval
-    high: float
-    p_value: float  # paired t-test, two-sided
-    detectable: float  # the smallest difference these seeds could tell from 0 (the interval's half-width)
     word: Word
+    difference: float = math.nan  # mean paired difference
+    low: float = math.nan  # 95 % interval: the shifts the sign-flip test does not reject
+    high: float = math.nan
+    p_value: float = math.nan  # exact sign-flip test, two-sided
+    margin: float | None = None  # the equivalence margin (None: no equivalence claim for this metric)
+    improvement: float = math.nan  # share of paired seeds where the subject scored better (ties half)
+    subject_only_failed: int | None = None  # paired runs where only the subject failed
+    control_only_failed: int | None = None
+    failures_p_value: float = math.nan  # exact McNemar test on those discordant pairs
+    plan: Plan | None = None  # for a verdict that is not decisive
     reason: str = ""  # why there is no verdict
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
 
     def text(self, digits: int = 3) -> str:
         if self.word is Word.NO_VERDICT:
             return f"{self.subject} vs {self.control}: no verdict ({self.reason})"
-        p = "n/a" if math.isnan(self.p_value) else f"{self.p_value:.3f}"
-        return (f"{self.subject} vs {self.control}: {self.word} — difference {self.difference:+.{digits}f} "
-                f"[{self.low:+.{digits}f}, {self.high:+.{digits}f}] over {len(self.seeds)} paired seeds, p = {p}; "
-                f"these seeds detect differences of ±{self.detectable:.{digits}f} or more")
+        f = f"+.{digits}f"
+        text = (f"{self.subject} vs {self.control}: {self.word} — difference {self.difference:{f}} "
+                f"[{self.low:{f}}, {self.high:{f}}] over {self.n} paired seeds, sign-flip p = {self.p_value:.3f}, "
+                f"better on {self.improvement:.0%} of seeds")
+        if self.subject_only_failed is not None and self.subject_only_failed + self.control_only_failed:
+            text += (f"; failed alone {self.subject_only_failed} vs {self.control_only_failed} "
+                     f"(McNemar p = {self.failures_p_value:.3f})")
+        if self.plan is not None and self.plan.text():
+            text += f"; {self.plan.text()}"
+        return text
 
 
 def compare(subject: str, subject_scores: dict[int, float], control: str, control_scores: dict[int, float],
-            mode: str = "max") -> Verdict:
-    """The paired verdict of ``subject`` against ``control`` (scores by seed); ``mode`` is the metric's
-    direction (``max``: higher is better)."""
-    from scipy.stats import t, ttest_rel
+            mode: str = "max", margin: float | None = None, bounds: tuple[float, float] = (-math.inf, math.inf),
+            subject_failed: dict[int, bool] | None = None, control_failed: dict[int, bool] | None = None,
+            plan: bool = True) -> Verdict:
+    """The paired verdict of ``subject`` against ``control`` (scores by seed). ``mode``: the metric's direction
+    (``max``: higher is better); ``margin``: equivalence margin; ``bounds``: the metric's range; ``*_failed``:
+    which runs failed, by seed, when the study has a failure rule; ``plan``: plan seeds for an undecided one."""
+    from scipy.stats import binomtest
 
     seeds = tuple(sorted(set(subject_scores) & set(control_scores)))
-    nan = math.nan
     if len(seeds) < MIN_SEEDS:
-        return Verdict(subject, control, seeds, nan, nan, nan, nan, nan, Word.NO_VERDICT,
-                       f"{len(seeds)} shared seed{'s' * (len(seeds) != 1)}; a paired interval needs at least "
-                       f"{MIN_SEEDS} — run more seeds")
-    a = [float(subject_scores[s]) for s in seeds]
-    b = [float(control_scores[s]) for s in seeds]
-    differences = [x - y for x, y in zip(a, b)]
-    mean, n = statistics.fmean(differences), len(seeds)
-    spread = statistics.stdev(differences)
-    if spread == 0:  # every seed moved by the same amount: the interval is that amount, the test undefined
-        low = high = mean
-        p_value = 0.0 if mean else 1.0
-    else:
-        test = ttest_rel(a, b)
-        interval = test.confidence_interval(CONFIDENCE)
-        low, high, p_value = float(interval.low), float(interval.high), float(test.pvalue)
-    detectable = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * spread / math.sqrt(n)
+        return Verdict(subject, control, seeds, Word.NO_VERDICT, margin=margin, reason=(
+            f"{len(seeds)} shared seed{'s' * (len(seeds) != 1)}; a paired verdict needs at least {MIN_SEEDS} — "
+            "run more seeds"))
+    a = np.array([float(subject_scores[s]) for s in seeds])
+    b = np.array([float(control_scores[s]) for s in seeds])
+    d = a - b
     sign = 1 if mode == "max" else -1
-    if sign * low > 0 and sign * high > 0:
-        word = Word.BETTER
-    elif sign * low < 0 and sign * high < 0:
-        word = Word.WORSE
-    else:
-        word = Word.NOT_DISTINGUISHABLE
-    return Verdict(subject, control, seeds, mean, low, high, p_value, detectable, word)
+    word, p_value = decide(d, sign, margin)
+    widest = bounds[1] - bounds[0]
+    low, high = shift_interval(d, 1 - LEVEL, (-widest, widest))
+    failures = {}
+    if subject_failed is not None and control_failed is not None:
+        only_subject = sum(subject_failed[s] and not control_failed[s] for s in seeds)
+        only_control = sum(control_failed[s] and not subject_failed[s] for s in seeds)
+        discordant = only_subject + only_control
+        failures = {"subject_only_failed": only_subject, "control_only_failed": only_control,
+                    "failures_p_value": float(binomtest(only_subject, discordant).pvalue) if discordant else 1.0}
+    improvement = float(np.mean((sign * d > 0) + 0.5 * (d == 0)))
+    planned = None
+    if plan and not word.decisive:
+        flags = None if not failures else ([subject_failed[s] for s in seeds], [control_failed[s] for s in seeds])
+        planned = plan_seeds(d, abs(float(d.mean())), margin, flags, a, b)
+    return Verdict(subject, control, seeds, word, float(d.mean()), low, high, p_value, margin, improvement,
+                   plan=planned, **failures)
+
+
+def decide(differences, sign: int = 1, margin: float | None = None):
+    """The words for paired ``differences`` (one study per row of a 2-D array, or one 1-D study; ``sign`` −1
+    when lower is better) and their two-sided p-values."""
+    d = np.asarray(differences, dtype=float)
+    p_value = sign_flip_p(d, "two-sided")
+    mean = sign * d.mean(axis=-1)
+    words = np.where(p_value < LEVEL, np.where(mean > 0, Word.BETTER, Word.WORSE), Word.NOT_DISTINGUISHABLE)
+    if margin is not None:
+        undecided = p_value >= LEVEL
+        within = (sign_flip_p(d + margin, "greater") < LEVEL) & (sign_flip_p(d - margin, "less") < LEVEL)
+        words = np.where(undecided & within, Word.EQUIVALENT, words)
+    if d.ndim == 1:
+        return Word(words.item()), float(p_value)
+    return words, p_value
+
+
+def sign_flip_p(differences, alternative: str):
+    """The sign-flip permutation test of "the differences are symmetric about 0" on their mean, over the last
+    axis (a float for one study, an array for a batch)."""
+    from scipy.stats import permutation_test
+
+    d = np.asarray(differences, dtype=float)
+    # enumerated when 2ⁿ ≤ n_resamples; the random patterns beyond are seeded: one study, one answer
+    p_value = permutation_test((d,), _mean, permutation_type="samples", vectorized=True, alternative=alternative,
+                               n_resamples=RESAMPLES, axis=-1, rng=np.random.default_rng(0)).pvalue
+    p_value = np.where((d == 0).all(axis=-1), 1.0, p_value)  # no difference at all: nothing to test
+    return float(p_value) if d.ndim == 1 else p_value
+
+
+def _mean(x, axis=-1):
+    return np.mean(x, axis=axis)
+
+
+def shift_interval(differences, confidence: float, bounds: tuple[float, float]) -> tuple[float, float]:
+    """The shifts δ at which the two-sided sign-flip test of ``differences − δ`` does not reject at
+    1 − ``confidence``, within ``bounds`` (with 5 seeds or fewer the test rejects no shift: the whole range)."""
+    d = np.asarray(differences, dtype=float)
+    level = 1 - confidence
+    low_end = max(bounds[0], float(d.min()) - 1e-9)  # beyond the data every sign agrees: its p is 2/2ⁿ
+    high_end = min(bounds[1], float(d.max()) + 1e-9)
+    centre = float(d.mean())
+
+    def rejected(shift: float) -> bool:
+        return sign_flip_p(d - shift, "two-sided") < level
+
+    def edge(inside: float, outside: float) -> float:
+        if not rejected(outside):
+            return bounds[0] if outside < inside else bounds[1]
+        for _ in range(16):  # bisection: to 1/65,536 of the data's span
+            middle = (inside + outside) / 2
+            inside, outside = (inside, middle) if rejected(middle) else (middle, outside)
+        return inside
+
+    if d.min() == d.max():  # the same difference on every seed
+        return (centre, centre) if 2 / 2 ** len(d) < level else bounds
+    return edge(centre, low_end), edge(centre, high_end)
+
+
+def plan_seeds(differences, detect: float, margin: float | None, failed=None, subject_scores=None,
+               control_scores=None) -> Plan:
+    """Paired seeds for ``POWER`` to call a true difference of ``detect`` better or worse, and to call two
+    methods that do not differ equivalent within ``margin``, by the power of a paired test with the sign-flip
+    test's smallest decisive n. With a failure rule, the differences' spread comes from each method's failure
+    rate (Jeffreys-smoothed, so 0 failures in 4 runs still allows some), the gap between failed and clicked
+    scores and the spread within each, as if the two methods failed independently; else from the sample std.
+    ``failed``: the (subject, control) failure flags of the paired runs, or None."""
+    d = np.asarray(differences, dtype=float)
+    spread = float(np.std(d, ddof=1))
+    from_failures = failed is not None and any([*failed[0], *failed[1]])
+    if from_failures:
+        subject_failed, control_failed = failed
+        pooled = np.concatenate([subject_scores, control_scores])
+        pooled_failed = np.array([*subject_failed, *control_failed], dtype=bool)
+        spread = max(spread, math.sqrt(_mixture_variance(subject_scores, subject_failed, pooled, pooled_failed) +
+                                       _mixture_variance(control_scores, control_failed, pooled, pooled_failed)))
+    seeds = _seeds_for(lambda n: _difference_power(n, detect, spread)) if detect > 0 else None
+    for_margin = _seeds_for(lambda n: _equivalence_power(n, margin, spread)) if margin else None
+    return Plan(detect, seeds, margin, for_margin, spread, from_failures)
+
+
+def _mixture_variance(scores, failed, pooled, pooled_failed) -> float:
+    """A score's variance as a two-part mixture: fails with a Jeffreys-smoothed rate, else clicks; each part's
+    mean and spread from this method's runs of that kind, or both methods' when it has none."""
+    scores, failed = np.asarray(scores, dtype=float), np.asarray(failed, dtype=bool)
+    rate = (failed.sum() + 0.5) / (len(failed) + 1)
+
+    def part(mask, pooled_mask):
+        values = scores[mask] if mask.sum() >= 2 else pooled[pooled_mask]
+        return float(values.mean()), float(values.var(ddof=1)) if len(values) > 1 else 0.0
+
+    failed_mean, failed_var = part(failed, pooled_failed)
+    clicked_mean, clicked_var = part(~failed, ~pooled_failed)
+    return rate * failed_var + (1 - rate) * clicked_var + rate * (1 - rate) * (clicked_mean - failed_mean) ** 2
+
+
+def _difference_power(n: int, detect: float, spread: float) -> float:
+    from scipy.stats import nct, t
+
+    if spread == 0:
+        return 1.0
+    critical = t.ppf(1 - LEVEL / 2, n - 1)
+    shift = detect / spread * math.sqrt(n)
+    return float(nct.sf(critical, n - 1, shift) + nct.cdf(-critical, n - 1, shift))
+
+
+def _equivalence_power(n: int, margin: float, spread: float) -> float:
+    from scipy.stats import norm, t
+
+    if spread == 0:
+        return 1.0
+    slack = margin / spread * math.sqrt(n) - t.ppf(1 - LEVEL, n - 1)
+    return max(0.0, float(2 * norm.cdf(slack) - 1))
+
+
+def _seeds_for(power, most: int = 10_000) -> int | None:
+    """The fewest paired seeds (at least MIN_DECISIVE_SEEDS) whose ``power(n)`` reaches POWER."""
+    n = MIN_DECISIVE_SEEDS
+    while power(n) < POWER:
+        n = n + 1 if n < 100 else int(n * 1.05) + 1
+        if n > most:
+            return None
+    return n

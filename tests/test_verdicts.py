@@ -1,37 +1,75 @@
-"""The statistics a verdict rests on, against values worked out by hand from t tables."""
+"""The statistics a verdict rests on: exact values worked out by hand, and the whole procedure's error rates and
+power on simulated studies (benchmarks/verdict_power.py prints the full table)."""
 
 import math
 
+import numpy as np
 import pytest
 
-from study.verdicts import Scores, Word, compare
+from benchmarks.verdict_power import MARGIN, Click, Gaussian, planned_power, rates
+from study.verdicts import Outcomes, Word, compare, shift_interval, sign_flip_p
 
-T_975_DF2 = 4.302652729911275  # t(0.975, 2)
-T_975_DF4 = 2.7764451051977987  # t(0.975, 4)
-
-
-def test_a_paired_difference_that_spans_zero_is_not_distinguishable():
-    # differences 1, 2, 3: mean 2, s_d 1, half-width t(0.975, 2) / √3; t = 2√3 on 2 df, two-sided p = 0.0742
-    verdict = compare("static", {0: 11, 1: 12, 2: 13}, "vanilla_repeat", {0: 10, 1: 10, 2: 10})
-    half = T_975_DF2 / math.sqrt(3)
-    assert verdict.difference == pytest.approx(2.0)
-    assert (verdict.low, verdict.high) == pytest.approx((2 - half, 2 + half))
-    assert verdict.detectable == pytest.approx(half)
-    assert verdict.p_value == pytest.approx(0.07418, abs=1e-5)
-    assert verdict.word is Word.NOT_DISTINGUISHABLE and verdict.seeds == (0, 1, 2)
+STUDIES = 400  # per cell: a 5 % rate's Monte Carlo standard error is 1.1 points
 
 
-def test_an_interval_above_zero_is_better_and_below_is_worse_and_loss_turns_them_round():
-    subject = {s: 0.80 + 0.01 * s for s in range(5)}
-    control = {s: 0.70 + 0.012 * s for s in range(5)}  # differences 0.1, 0.098, …, 0.092: s_d = 0.00316
-    better = compare("dynamic", subject, "static", control)
-    differences = [subject[s] - control[s] for s in range(5)]
-    s_d = math.sqrt(sum((d - 0.096) ** 2 for d in differences) / 4)
-    assert better.difference == pytest.approx(0.096)
-    assert better.high - better.difference == pytest.approx(T_975_DF4 * s_d / math.sqrt(5))
-    assert better.word is Word.BETTER and better.p_value < 1e-4
-    assert compare("static", control, "dynamic", subject).word is Word.WORSE
-    assert compare("dynamic", subject, "static", control, mode="min").word is Word.WORSE  # a loss: lower is better
+def allowed(rate: float = 0.05, studies: int = STUDIES) -> float:
+    """The largest simulated rate consistent with a true rate of ``rate`` (3 standard errors above it)."""
+    return rate + 3 * math.sqrt(rate * (1 - rate) / studies)
+
+
+@pytest.mark.parametrize("outcomes", [Click(), Gaussian()], ids=["click", "gaussian"])
+def test_no_difference_is_called_better_or_worse_at_most_5_percent_of_the_time_at_every_n(outcomes):
+    for n in (3, 4, 6, 10, 20):
+        studies = STUDIES if n <= 10 else 250  # random sign patterns beyond 13 seeds cost more
+        seen = rates(outcomes, n, studies, seed=n)
+        print(f"{type(outcomes).__name__} null, {n} seeds: {seen['rejects']:.3f} called better or worse "
+              f"(t-test {seen['t_test_rejects']:.3f})")
+        assert seen["rejects"] <= allowed(studies=studies)
+        if n <= 5:  # no exact sign-flip test reaches p < 0.05 with 5 seeds or fewer
+            assert seen["decided"] == 0
+
+
+@pytest.mark.parametrize("outcomes", [Click(shift=MARGIN / 0.7), Gaussian(shift=MARGIN)], ids=["click", "gaussian"])
+def test_a_difference_of_exactly_the_margin_is_called_equivalent_at_most_5_percent_of_the_time(outcomes):
+    assert outcomes.difference == pytest.approx(MARGIN)
+    for n in (6, 10, 20):
+        studies = STUDIES if n <= 10 else 250
+        seen = rates(outcomes, n, studies, seed=100 + n)
+        assert seen["equivalent"] <= allowed(studies=studies), (n, seen)
+
+
+def test_power_against_failure_rates_of_0_1_versus_0_5_and_seed_plans_that_reach_it():
+    power = {n: rates(Click(fail=(0.1, 0.5)), n, 300, seed=7)["better"] for n in (6, 10, 20)}
+    print(f"power, failure rates 0.1 vs 0.5: {power}")
+    assert power[6] < power[10] < power[20] and power[20] >= 0.8
+    for outcomes in (Click(fail=(0.1, 0.5)), Gaussian(shift=0.02)):
+        plan = planned_power(outcomes, studies=300)
+        print(f"{outcomes}: {plan}")
+        assert 6 <= plan["planned_seeds"] <= 40 and plan["power_at_plan"] >= 0.7
+
+
+def test_the_exact_sign_flip_p_value_and_its_smallest_values():
+    assert sign_flip_p([0.1, 0.2, 0.3, 0.4], "two-sided") == pytest.approx(2 / 16)  # every sign agrees
+    assert sign_flip_p([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "two-sided") == pytest.approx(2 / 64)
+    # one of 8 patterns of (-1, 2, 3) has a mean as large: the observed one (flipping -1 only raises it; so 2/8)
+    assert sign_flip_p([-1.0, 2.0, 3.0], "greater") == pytest.approx(2 / 8)
+    assert sign_flip_p([0.0, 0.0, 0.0], "two-sided") == 1.0
+
+
+def test_words_by_direction_margin_and_seeds():
+    up = {s: 0.80 + 0.01 * s for s in range(6)}
+    down = {s: 0.70 + 0.012 * s for s in range(6)}
+    better = compare("dynamic", up, "static", down, margin=0.01, bounds=(0, 1))
+    assert better.word is Word.BETTER and better.p_value == pytest.approx(2 / 64) and better.improvement == 1.0
+    assert compare("static", down, "dynamic", up).word is Word.WORSE
+    assert compare("dynamic", up, "static", down, mode="min").word is Word.WORSE  # a loss: lower is better
+    # five seeds, all better: still not decisive (smallest p 2/32), and the plan says 6 seeds are the least
+    five = compare("dynamic", {s: up[s] for s in range(5)}, "static", {s: down[s] for s in range(5)})
+    assert five.word is Word.NOT_DISTINGUISHABLE and five.plan.seeds == 6
+    same = {s: 0.8 + 0.0004 * (-1) ** s for s in range(8)}
+    equivalent = compare("a", same, "b", {s: 0.8 for s in range(8)}, margin=0.01, bounds=(0, 1))
+    assert equivalent.word is Word.EQUIVALENT and equivalent.plan is None
+    assert compare("a", same, "b", {s: 0.8 for s in range(8)}).word is Word.NOT_DISTINGUISHABLE  # no margin
 
 
 def test_no_verdict_below_three_shared_seeds_and_only_shared_seeds_pair():
@@ -41,15 +79,33 @@ def test_no_verdict_below_three_shared_seeds_and_only_shared_seeds_pair():
     assert "no verdict" in verdict.text()
 
 
-def test_the_same_shift_on_every_seed_is_decided_by_its_sign():
-    assert compare("a", {0: 2, 1: 3, 2: 4}, "b", {0: 1, 1: 2, 2: 3}).word is Word.BETTER
-    same = compare("a", {0: 2, 1: 3, 2: 4}, "b", {0: 2, 1: 3, 2: 4})
-    assert same.word is Word.NOT_DISTINGUISHABLE and same.p_value == 1.0
+def test_the_interval_never_leaves_the_metric_and_covers_what_the_test_keeps():
+    assert shift_interval([0.3, -0.2, 0.25, 0.0], 0.95, (-1, 1)) == (-1, 1)  # 4 seeds reject no shift
+    rng = np.random.default_rng(3)
+    d = np.clip(rng.normal(0.05, 0.1, 12), -1, 1)
+    low, high = shift_interval(d, 0.95, (-1, 1))
+    assert -1 <= low < d.mean() < high <= 1
+    assert sign_flip_p(d - (low + 0.002), "two-sided") >= 0.05 and sign_flip_p(d - (high - 0.002), "two-sided") >= 0.05
+    assert sign_flip_p(d - (low - 0.01), "two-sided") < 0.05 and sign_flip_p(d - (high + 0.01), "two-sided") < 0.05
 
 
-def test_scores_mean_std_and_t_interval():
-    scores = Scores.of([0.6, 0.7, 0.8])  # mean 0.7, s 0.1, half-width t(0.975, 2) · 0.1 / √3
-    half = T_975_DF2 * 0.1 / math.sqrt(3)
-    assert (scores.n, scores.mean, scores.std) == (3, pytest.approx(0.7), pytest.approx(0.1))
-    assert (scores.low, scores.high) == pytest.approx((0.7 - half, 0.7 + half))
-    assert Scores.of([0.5]).text() == "0.500 (1 seed)" and math.isnan(Scores.of([0.5]).low)
+def test_paired_failures_and_the_click_type_verdict_of_the_demo():
+    # the RTE-like demo's chosen static cell against vanilla_repeat (README, 2026-11-29): 4 seeds
+    static = {0: 0.93, 1: 0.995, 2: 0.885, 3: 0.735}
+    repeat = {0: 0.90, 1: 0.998, 2: 0.63, 3: 0.63}
+    verdict = compare("static", static, "vanilla_repeat", repeat, margin=0.01, bounds=(0, 1),
+                      subject_failed=dict.fromkeys(static, False), control_failed={0: False, 1: False, 2: True, 3: True})
+    assert verdict.word is Word.NOT_DISTINGUISHABLE and (verdict.low, verdict.high) == (-1, 1)
+    assert (verdict.subject_only_failed, verdict.control_only_failed) == (0, 2)
+    assert verdict.failures_p_value == pytest.approx(0.5)  # both discordant pairs one way: 2 · (1/2)²
+    assert verdict.improvement == 0.75 and verdict.plan.from_failure_rates and verdict.plan.seeds > 6
+
+
+def test_outcomes_count_failures_with_an_exact_interval_and_drop_nothing():
+    outcomes = Outcomes.of([0.9, 0.63, 0.88, 0.92], failed=[False, True, False, False])
+    assert (outcomes.n, outcomes.failed, outcomes.min, outcomes.max) == (4, 1, 0.63, 0.92)
+    assert outcomes.mean == pytest.approx(0.8325) and outcomes.median == pytest.approx(0.89)
+    assert outcomes.clicked_mean == pytest.approx(0.9)
+    assert (outcomes.failure_low, outcomes.failure_high) == pytest.approx((0.00631, 0.80588), abs=1e-5)
+    assert "failed 1/4" in outcomes.text() and "conditional" in outcomes.text()
+    assert Outcomes.of([0.5]).text() == "0.500 (1 seed)" and Outcomes.of([0.5, 0.6]).failed is None
