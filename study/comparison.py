@@ -16,10 +16,19 @@ import pandas as pd
 from study import state as phases
 from study.spec import StudySpec
 from study.state import StudyState
-from study.verdicts import Scores, Verdict, compare
+from study.verdicts import Outcomes, Verdict, compare
 from trainables.methods import Method
 
 CONTROLS = (Method.VANILLA_REPEAT, Method.VANILLA)  # what each searched method is judged against, in this order
+FAILED_RUN = "failed_run"  # results-table column: the run failed by the study's rule (NaN: the study has none)
+
+
+def failed_runs(best_validation: pd.Series, spec: StudySpec, threshold: float | None) -> pd.Series:
+    """Per run, whether it failed: its best validation score is at or below ``threshold`` (at or above, for a
+    loss); NaN for every run when the study has no failure rule, and for runs without a score."""
+    if threshold is None:
+        return pd.Series(math.nan, index=best_validation.index, dtype=object)
+    return best_validation.map(lambda v: math.nan if pd.isna(v) else spec.metric.failed(v, threshold))
 
 
 @dataclass(frozen=True)
@@ -29,16 +38,31 @@ class Selection:
     setting: dict  # the searched values (empty: the base settings)
     rows: pd.DataFrame  # the configuration's trials, one per seed
 
+    def scored(self, spec: StudySpec) -> pd.DataFrame:
+        return self.rows[self.rows[spec.metric.test].notna()]
+
     def test_scores(self, spec: StudySpec) -> dict[int, float]:
-        rows = self.rows[self.rows[spec.metric.test].notna()]
+        rows = self.scored(spec)
         return dict(zip(rows.seed.astype(int), rows[spec.metric.test].astype(float)))
 
+    def failed_runs(self, spec: StudySpec) -> dict[int, bool] | None:
+        """Which seeds' runs failed (the study's failure rule), or None when it has none."""
+        rows = self.scored(spec)
+        if rows[FAILED_RUN].isna().any():
+            return None
+        return dict(zip(rows.seed.astype(int), rows[FAILED_RUN].astype(bool)))
+
+    def outcomes(self, spec: StudySpec) -> Outcomes:
+        failed = self.failed_runs(spec)
+        scores = self.test_scores(spec)
+        return Outcomes.of(scores.values(), None if failed is None else [failed[s] for s in scores])
+
     def summary(self, spec: StudySpec) -> dict:
-        """One row of the comparison table: cost (means over seeds) and the test score's statistics."""
+        """One row of the comparison table: cost (means over seeds) and the test score's outcomes."""
         rows = self.rows
         return {"method": self.method, "how": self.how, "setting": setting_text(self.setting),
                 "steps": _mean(rows, "steps"), "samples": _mean(rows, "samples"),
-                "train_seconds": _mean(rows, "train_seconds"), "test": Scores.of(self.test_scores(spec).values())}
+                "train_seconds": _mean(rows, "train_seconds"), "test": self.outcomes(spec)}
 
 
 def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[Selection]:
@@ -70,7 +94,9 @@ def verdicts(chosen: list[Selection], spec: StudySpec) -> list[Verdict]:
              if method != control and control in by_method and method in by_method]
     if Method.DYNAMIC in by_method and Method.STATIC in by_method:
         pairs.append((Method.DYNAMIC, Method.STATIC))
-    return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode)
+    return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode,
+                    spec.equivalence_margin, spec.metric.bounds, by_method[a].failed_runs(spec),
+                    by_method[b].failed_runs(spec))
             for a, b in pairs]
 
 

@@ -26,9 +26,9 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID  # noqa: E402
 
 from study import state as phases  # noqa: E402
-from study.comparison import label, selections, verdicts  # noqa: E402
+from study.comparison import FAILED_RUN, failed_runs, label, selections, verdicts  # noqa: E402
 from study.report_page import write_page  # noqa: E402
-from study.verdicts import Scores, Verdict  # noqa: E402
+from study.verdicts import Outcomes, Verdict, method_text  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from study.state import StudyState  # noqa: E402
 from trainables.mlflow_run import PHASE_TAG  # noqa: E402
@@ -62,7 +62,8 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     dynamics_figure(client, table, spec, out / "dynamics")
     importance = importance_figure(table, spec, out / "importance")
     comparison = [selection.summary(spec) for selection in chosen]
-    (out / "summary.md").write_text(summary(spec, table, judged, comparison, heatmaps, traces, importance))
+    (out / "summary.md").write_text(summary(spec, table, judged, comparison, heatmaps, traces, importance,
+                                            state.failure_threshold))
     (out / "verdicts.json").write_text(json.dumps([_verdict_record(v) for v in judged], indent=2))
     write_page(out, spec, table, comparison, judged, [headline(data) for data in heatmaps],
                client.get_run(state.tracking.parent_run_id))
@@ -108,7 +109,10 @@ def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> p
         })
     columns = ["trial", "phase", "method", *spec.search.space, "seed", "status", "evaluations",
                metric.best, metric.test, metric.final, *COST_COLUMNS, "failure", "run_id"]
-    return pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
+    table = pd.DataFrame(rows, columns=columns).sort_values(["phase", "method", "trial"], ignore_index=True)
+    table.insert(columns.index(metric.final), FAILED_RUN, failed_runs(table[metric.best], spec,
+                                                                      state.failure_threshold))
+    return table
 
 
 # column: the trial's metric (its last value): optimizer steps, rows trained on, seconds in steps, seconds in all
@@ -117,8 +121,8 @@ COST_COLUMNS = {"steps": "step", "samples": "samples", "train_seconds": "train_s
 
 def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, judged: list[Verdict],
             folder: Path) -> dict | None:
-    """Test score (mean ± std over seeds) per (x, y) cell; the cell validation chose boxed; its verdicts in the
-    title."""
+    """Test score (mean ± std over seeds, and failed runs when the cell ran several) per (x, y) cell; the cell
+    validation chose boxed; its verdicts in the title."""
     rows = table[(table.phase == phases.search(method).name) & table[spec.metric.best].notna()]
     if rows.empty:
         return None
@@ -129,11 +133,13 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
         for xv in x_values:
             cell = rows[(rows[x] == xv) & (rows[y] == yv)]
             validation = cell[spec.metric.best].tolist()
-            test = Scores.of(cell[spec.metric.test].dropna())
+            scored = cell[cell[spec.metric.test].notna()]
+            flags = None if scored[FAILED_RUN].isna().any() else scored[FAILED_RUN].astype(bool).tolist()
+            test = Outcomes.of(scored[spec.metric.test], flags)
             cells.append({"x": xv, "y": yv, "n": len(validation),
                           "validation_mean": sum(validation) / len(validation) if validation else None,
                           "mean": None if test.n == 0 else test.mean, "std": 0.0 if test.n < 2 else test.std,
-                          "low": test.low, "high": test.high})
+                          "median": test.median, "min": test.min, "max": test.max, "failed": test.failed})
     scored = [c for c in cells if c["validation_mean"] is not None]
     best = (max if spec.mode == "max" else min)(scored, key=lambda c: c["validation_mean"])
     seeds = sorted(set(rows.seed))
@@ -153,14 +159,16 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
             continue
         i, j = y_values.index(cell["y"]), x_values.index(cell["x"])
         light = image.norm(cell["mean"]) > 0.6  # viridis is light at the top of its range: dark text there
-        text = f"{cell['mean']:.3f}" + (f"\n±{cell['std']:.3f}" if cell["n"] > 1 else "")  # one seed: no spread
+        text = f"{cell['mean']:.3f}"
+        if cell["n"] > 1:  # one seed: no spread, and its failure shows in its score
+            text += f"\n±{cell['std']:.3f}" + ("" if cell["failed"] is None else f"\nfailed {cell['failed']}/{cell['n']}")
         axes.text(j, i, text, ha="center", va="center", fontsize=8,
                   color="black" if light or cell is best else "white",
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)
     bi, bj = y_values.index(best["y"]), x_values.index(best["x"])
     axes.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     words = "\n".join(f"vs {v.control}: {v.word}" + ("" if v.word == "no verdict" else
-                                                     f" [{v.low:+.3f}, {v.high:+.3f}]") for v in mine)
+                                                     f" [{v.low:+.3f}, {v.high:+.3f}], {v.n} seeds") for v in mine)
     axes.set_title(f"{spec.task.name} · {method} · {spec.model.name} · {spec.metric.test}, seeds {seeds}\n"
                    f"chosen on validation (boxed): {label(x)}={best['x']:g}, {label(y)}={best['y']:g}"
                    + (f"\n{words}" if words else ""), fontsize=9)
@@ -317,14 +325,15 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
 
 
 def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], comparison: list[dict],
-            heatmaps: list[dict], traces: list[str], importance: dict) -> str:
+            heatmaps: list[dict], traces: list[str], importance: dict, threshold: float | None) -> str:
     lines = [f"# Study {spec.name}", "", spec.description, "", "## Verdicts", "",
-             f"Paired differences of {spec.metric.test} over shared seeds (same seed, same initialisation "
-             "and data order), 95 % t-interval, paired t-test; every configuration was chosen on validation.", ""]
+             method_text(spec.metric.test, spec.equivalence_margin), ""]
     lines += [f"- {verdict.text()}" for verdict in judged] or ["- nothing to compare: no two methods ran"]
-    lines += ["", "## Methods compared", "",
+    failed = (f"failed: best validation {spec.metric} at or {'below' if spec.mode == 'max' else 'above'} "
+              f"{threshold:.4f}, 95 % exact interval of the rate" if threshold is not None else "no failure rule")
+    lines += ["", "## Methods compared", "", f"Every run counts; {failed}.", "",
               f"| method | chosen by | setting | optimizer steps | samples | training s | {spec.metric.test} "
-              "(mean ± std [95 % CI], seeds) |", "|---|---|---|---|---|---|---|"]
+              "over seeds |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {row['method']} | {row['how']} | {row['setting'] or '—'} | {row['steps']:.0f} | "
               f"{row['samples']:.0f} | {row['train_seconds']:.0f} | {row['test'].text(4)} |" for row in comparison]
     lines += ["", f"Model `{spec.model.name}`, task `{spec.task.name}`, chosen on `{spec.metric}` ({spec.mode}), "
@@ -349,7 +358,8 @@ def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], compari
 def cell_score(cell: dict, digits: int) -> str:
     """A heatmap cell's test score: mean ± std over its seeds, or its one seed's score."""
     if cell["n"] > 1:
-        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f} over {cell['n']} seeds"
+        failed = "" if cell.get("failed") is None else f", {cell['failed']} failed"
+        return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f} over {cell['n']} seeds{failed}"
     return f"{cell['mean']:.{digits}f} at one seed"
 
 
@@ -371,18 +381,12 @@ def log_verdicts(client: MlflowClient, parent_run_id: str, judged: list[Verdict]
     for verdict in judged:
         key = f"{verdict.subject}_vs_{verdict.control}"
         tags.append(RunTag(f"selfd.verdict.{key}", str(verdict.word)))
-        for name in ("difference", "low", "high", "p_value", "detectable"):
-            value = getattr(verdict, name)
-            if math.isfinite(value):
-                metrics.append(Metric(f"verdict/{key}/{name}", value, now, 0))
+        metrics += [Metric(f"verdict/{key}/{name}", value, now, 0) for name, value in verdict.numbers().items()]
     client.log_batch(parent_run_id, metrics=metrics, tags=tags)
 
 
 def _verdict_record(verdict: Verdict) -> dict:
-    return {"subject": verdict.subject, "control": verdict.control, "seeds": list(verdict.seeds),
-            "word": str(verdict.word), "difference": verdict.difference, "low": verdict.low, "high": verdict.high,
-            "p_value": verdict.p_value, "detectable": verdict.detectable, "reason": verdict.reason,
-            "text": verdict.text()}
+    return {**verdict.record(), "text": verdict.text()}
 
 
 def _number(value):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.verdicts import method_text
+
 SECTIONS = {
     "verdicts": "Verdicts",
     "summary": "Summary",
@@ -42,7 +44,7 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }
 
 CAPTIONS = {
     "heatmaps": "Each cell is the {test} of that setting's trials (each at its best validation evaluation), "
-                "mean ± standard deviation over the seeds; the red box marks the cell validation chose (best mean "
+                "mean ± standard deviation over the seeds and the runs that failed; the red box marks the cell validation chose (best mean "
                 "validation {metric}), which need not be the best test cell. The title gives its verdicts.",
     "parallel": "One line per trial from its searched values to its {test} at its best validation evaluation; "
                 "colour follows the test score, dotted lines are baselines.",
@@ -119,37 +121,53 @@ def _verdicts(judged: list, spec) -> str:
         return "<p>Nothing to compare: the study ran no searched method beside a control.</p>"
     rows = "".join(
         f"<tr><td>{_e(v.subject)} vs {_e(v.control)}</td><td><b>{_e(v.word)}</b></td>"
-        + ("<td colspan=4>" + _e(v.reason) + "</td>" if v.word == "no verdict" else
+        + ("<td colspan=5>" + _e(v.reason) + "</td>" if v.word == "no verdict" else
            f'<td class="num">{v.difference:+.4f}</td><td class="num">[{v.low:+.4f}, {v.high:+.4f}]</td>'
-           f'<td class="num">{v.p_value:.3f}</td><td class="num">±{v.detectable:.4f}</td>')
-        + f'<td class="num">{len(v.seeds)}</td></tr>' for v in judged)
-    head = ["comparison", "verdict", "difference", "95 % CI", "p (paired t)", "detectable", "seeds"]
+           f'<td class="num">{v.p_value:.3f}</td><td class="num">{v.improvement:.0%}</td>'
+           f"<td>{_e(_failures(v))}</td>")
+        + f'<td class="num">{v.n}</td><td>{_e(v.plan.text() if v.plan else "")}</td></tr>' for v in judged)
+    head = ["comparison", "verdict", "difference", "95 % interval", "p (sign-flip)", "better on", "failed alone",
+            "seeds", "seeds that would decide"]
     return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
-            f'<p class="muted">Difference: mean over shared seeds of {_e(spec.metric.test)} of the first '
-            "method minus the second's. The verdict follows the interval: better or worse when it excludes 0, not "
-            "distinguishable when it spans 0, none below 3 seeds. Detectable: the smallest difference these seeds "
-            "could tell from 0 at their observed spread (the interval's half-width): ask for more seeds to see "
-            "smaller ones.</p>")
+            f'<p class="muted">Difference: mean over shared seeds of {_e(spec.metric.test)} of the first method '
+            f"minus the second's. {_e(method_text(spec.metric.test, spec.equivalence_margin))} Better on: the share of seeds where the first method "
+            "scored higher (ties half). Failed alone: paired runs where only one of the two failed, with an exact "
+            "McNemar test. <i>Equivalent</i> means the difference is shown to lie within the margin; <i>not "
+            "distinguishable</i> means these seeds cannot tell, not that the methods are the same.</p>")
+
+
+def _failures(verdict) -> str:
+    if verdict.subject_only_failed is None:
+        return "—"
+    return (f"{verdict.subject_only_failed} vs {verdict.control_only_failed}"
+            + (f" (p = {verdict.failures_p_value:.2f})" if verdict.subject_only_failed + verdict.control_only_failed
+               else ""))
 
 
 def _comparison(rows: list[dict], spec) -> str:
     if not rows:
         return "<p>No finished trial to compare.</p>"
     head = ["method", "chosen by", "setting", "optimizer steps", "samples", "training s",
-            f"{spec.metric.test}: mean ± std", "95 % CI", "seeds"]
+            f"{spec.metric.test}: mean", "median", "std", "min – max", "failed [95 % CI]", "mean of the rest",
+            "seeds"]
     lines = []
     for row in rows:
         test = row["test"]
         cells = [row["method"], row["how"], row["setting"] or "—"]
+        failed = "—" if test.failed is None else \
+            f"{test.failed}/{test.n} [{test.failure_low:.2f}, {test.failure_high:.2f}]"
         numbers = [_number(row["steps"], ".0f"), _number(row["samples"], ".0f"), _number(row["train_seconds"], ".0f"),
-                   f"{_number(test.mean)} ± {_number(test.std)}", f"[{_number(test.low)}, {_number(test.high)}]",
-                   str(test.n)]
+                   _number(test.mean), _number(test.median), _number(test.std),
+                   f"{_number(test.min)} – {_number(test.max)}", failed,
+                   _number(test.clicked_mean) if test.failed else "—", str(test.n)]
         lines.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells)
                      + "".join(f'<td class="num">{_e(n)}</td>' for n in numbers) + "</tr>")
     return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(lines)}</table>"
             "<p class=\"muted\">Each method at the configuration validation chose; scores are test scores of each "
-            "trial at its best validation evaluation; std is over seeds; steps, samples and seconds are means "
-            "over seeds (samples count a revisited sample again).</p>")
+            "trial at its best validation evaluation, every run counted; std is over seeds; steps, samples and "
+            "seconds are means over seeds (samples count a revisited sample again). A run failed when its best "
+            "validation score stayed by the study's rule (set before it ran) at the majority class; the mean of "
+            "the rest is conditional on not failing.</p>")
 
 
 def _figures(folder: Path, caption: str, empty: str) -> str:

@@ -50,7 +50,7 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
     if holds_study(study_dir):
         raise ConfigError(refusal(study_dir))
     uri = tracking_uri(spec.mlflow.tracking_uri, study_dir)
-    train_size = _prepare(spec, uri, address)
+    data = _prepare(spec, uri, address)
 
     study_dir.mkdir(parents=True, exist_ok=True)
     with driving(study_dir):
@@ -65,8 +65,8 @@ def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> T
         params = flatten(spec.model_dump(mode="json"))
         client.log_batch(parent.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
         tracking = Tracking(uri, experiment, parent.info.run_id)
-        StudyState(spec.name, tracking).write(study_dir)
-        _run_phases(spec, study_dir, tracking, train_size)
+        StudyState(spec.name, tracking, failure_threshold=spec.failure_threshold(data.majority_score)).write(study_dir)
+        _run_phases(spec, study_dir, tracking, data.train_size)
     return tracking
 
 
@@ -85,7 +85,7 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
         if state.finished:
             return None
         spec = load_spec(study_dir / "spec.yaml")
-        train_size = _prepare(spec, tracking.tracking_uri, address)
+        train_size = _prepare(spec, tracking.tracking_uri, address).train_size
         client = MlflowClient(tracking.tracking_uri)
         client.update_run(tracking.parent_run_id, status="RUNNING")
         client.set_tag(tracking.parent_run_id, "selfd.resumed", str(state.resumed + 1))
@@ -101,19 +101,19 @@ def resume_study(study_dir: Path, address: str | None = None) -> Tracking | None
     return tracking
 
 
-def _prepare(spec: StudySpec, uri: str, address: str | None) -> int:
-    """Everything a study needs before its first trial; returns the training set's size."""
+def _prepare(spec: StudySpec, uri: str, address: str | None) -> PreparedData:
+    """Everything a study needs before its first trial; returns what the data says."""
     # one checkpoint per trial evaluation makes Tune snapshot often; that is expected here, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C raises in the driver instead of Tune ending the phase as if it were done; `selfd resume` goes on
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     bounded_retries()
     check_reachable(uri)
-    train_size = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
-    check_scheduler(spec, train_size)
+    data = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
+    check_scheduler(spec, data.train_size)
     connect_ray(address, spec)
     signals.stop_on_termination()  # again: ray.init replaced the handlers with its own
-    return train_size
+    return data
 
 
 def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size: int) -> None:
@@ -231,9 +231,15 @@ def connect_ray(address: str | None, spec: StudySpec) -> None:
                           f"{resources.get('CPU', 0):g}")
 
 
-def prepare_data(spec: StudySpec) -> int:
+@dataclass(frozen=True)
+class PreparedData:
+    train_size: int
+    majority_score: float | None  # the study metric of always predicting the majority class, on validation
+
+
+def prepare_data(spec: StudySpec) -> PreparedData:
     """Fetch, split and tokenize once in the driver, so trials only load the cache (and bad data fails here), and
-    check the model settings against the model's family (its config); returns the training set's size."""
+    check the model settings against the model's family (its config)."""
     from trainables.config import parse_config
     from trainables.models import check_model_settings
     from trainables.recipe import load_data
@@ -241,8 +247,10 @@ def prepare_data(spec: StudySpec) -> int:
 
     config = parse_config(spec.base_run(spec.methods[0]))
     objective = load_data(config)
-    check_model_settings(config.model, objective.model_path, task_kind(config.task) is TaskKind.GENERATION)
-    return objective.train_size
+    kind = task_kind(config.task)
+    check_model_settings(config.model, objective.model_path, kind is TaskKind.GENERATION)
+    majority = objective.task.majority_score(spec.metric) if kind is TaskKind.CLASSIFICATION else None
+    return PreparedData(objective.train_size, majority)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from trainables.task_kinds import check_offline as check_run_offline
 LOGIN_IN_URI = ("holds a login (user:password@): URIs are recorded and printed, so put the login in "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
 
+DEFAULT_EQUIVALENCE_MARGIN = 0.01  # one point of accuracy
 MAX_NAME = 100  # a study name names folders and an MLflow experiment; every file system takes this many bytes
 
 
@@ -122,6 +123,20 @@ class Rerun(Strict):
     seeds: Annotated[list[int], AfterValidator(distinct_seeds)] = Field(min_length=2)
 
 
+class Verdicts(Strict):
+    """How verdicts read the runs (study.verdicts), fixed before the study runs."""
+
+    # |difference| within this is "equivalent" (two one-sided tests); default 0.01 for a metric in [0, 1]
+    # (accuracy, macro-F1, ROUGE-L: one point), none for val_loss
+    equivalence_margin: float | None = Field(None, gt=0)
+    # classification: a run whose best validation score is within this of always predicting the majority class
+    # has failed (it never left the majority class)
+    failure_margin: float = Field(0.02, ge=0)
+    # any task: a run whose best validation score is at or below this (at or above, for val_loss) has failed;
+    # none by default (for classification, it replaces the majority-class rule)
+    failure_threshold: float | None = None
+
+
 class Report(Strict):
     heatmaps: list[tuple[str, str]] | None = None  # (x, y) searched fields; default τ × α when both are searched
     grad_norm_layers: list[str] | None = None  # default: embeddings, first, middle, last block, head
@@ -145,6 +160,7 @@ class StudySpec(RunSettings):
     mlflow: Tracking = Tracking()
     report: Report = Report()
     rerun_best: Rerun | None = None
+    verdicts: Verdicts = Verdicts()
 
     @field_validator("name")
     @classmethod
@@ -168,6 +184,21 @@ class StudySpec(RunSettings):
     @property
     def mode(self) -> str:
         return self.metric.mode
+
+    @property
+    def equivalence_margin(self) -> float | None:
+        if self.verdicts.equivalence_margin is not None:
+            return self.verdicts.equivalence_margin
+        return DEFAULT_EQUIVALENCE_MARGIN if self.metric.bounds == (0.0, 1.0) else None
+
+    def failure_threshold(self, majority_score: float | None) -> float | None:
+        """The best validation score at or below which (at or above, for a loss) a run has failed: the spec's
+        threshold, else the majority-class predictor's score plus the margin, else none."""
+        if self.verdicts.failure_threshold is not None:
+            return self.verdicts.failure_threshold
+        if majority_score is None:
+            return None
+        return majority_score + self.verdicts.failure_margin
 
     def base_run(self, method: str) -> dict:
         """The run config (as a dict) every trial of ``method`` starts from; its best evaluation is chosen on the

@@ -69,6 +69,9 @@ class StudyState:
     phases: dict[str, PhaseRecord] = field(default_factory=dict)  # ended phases by name, in order
     finished: bool = False
     resumed: int = 0
+    # the best validation score at or below which (above, for a loss) a run failed, fixed when the study began;
+    # None: no failure rule (or a study begun before selfd counted failed runs)
+    failure_threshold: float | None = None
 
     def ended(self, phase: Phase) -> PhaseRecord | None:
         return self.phases.get(phase.name)
@@ -82,7 +85,7 @@ class StudyState:
 
     def write(self, study_dir: Path) -> None:
         data = {"name": self.name, **asdict(self.tracking), "finished": self.finished, "resumed": self.resumed,
-                "phases": {name: asdict(record) for name, record in self.phases.items()}}
+                "failure_threshold": self.failure_threshold, "phases": {name: asdict(record) for name, record in self.phases.items()}}
         path = Path(study_dir) / STUDY_FILE
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(data, indent=2))
@@ -97,7 +100,12 @@ class StudyState:
             data = json.loads(path.read_bytes())
             return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
                        {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
-                       bool(data.get("finished")), int(data.get("resumed", 0)))
+                       bool(data.get("finished")), int(data.get("resumed", 0)),
+                       _optional_float(data.get("failure_threshold")))
         except (ValueError, KeyError, TypeError, AttributeError) as error:  # not written by selfd, or edited
             raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); selfd writes it "
                               "whole or not at all, so it was edited or is another program's file") from None
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None else float(value)

@@ -150,6 +150,18 @@ class Verdict:
     def n(self) -> int:
         return len(self.seeds)
 
+    def record(self) -> dict:
+        """Every field, as JSON takes it (verdicts.json, the report page)."""
+        from dataclasses import asdict
+
+        return {**asdict(self), "seeds": list(self.seeds), "word": str(self.word)}
+
+    def numbers(self) -> dict[str, float]:
+        """The finite numeric fields (metrics on the parent run), the plan's prefixed ``plan_``."""
+        fields = {**self.record(), **{f"plan_{k}": v for k, v in (self.record()["plan"] or {}).items()}}
+        return {name: float(value) for name, value in fields.items() if isinstance(value, (int, float))
+                and not isinstance(value, bool) and math.isfinite(value)}
+
     def text(self, digits: int = 3) -> str:
         if self.word is Word.NO_VERDICT:
             return f"{self.subject} vs {self.control}: no verdict ({self.reason})"
@@ -163,6 +175,17 @@ class Verdict:
         if self.plan is not None and self.plan.text():
             text += f"; {self.plan.text()}"
         return text
+
+
+def method_text(scores: str, margin: float | None) -> str:
+    """How the verdicts on ``scores`` were reached, in three sentences (docs/study.md has the whole protocol)."""
+    return (f"Paired differences of {scores} over shared seeds (same seed, same initialisation and data order); "
+            "every configuration was chosen on validation. The word comes from an exact sign-flip permutation test "
+            "(better / worse at p < 0.05)"
+            + (f" and two one-sided tests against ±{margin:g} (equivalent)" if margin else "")
+            + ": its false-positive rate is at most 5 % at any number of seeds, and with 5 seeds or fewer it "
+            "cannot decide. The interval holds the differences the test does not reject, within the metric's "
+            "range; a verdict that does not decide gives the paired seeds that would.")
 
 
 def compare(subject: str, subject_scores: dict[int, float], control: str, control_scores: dict[int, float],

@@ -105,7 +105,7 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
                                                                     ("vanilla", "no verdict")]
     summary = (grid_study / "report" / "summary.md").read_text()
     assert summary.index("## Verdicts") < summary.index("## Methods compared")
-    assert "- static vs vanilla_repeat: no verdict (2 shared seeds; a paired interval needs at least 3" in summary
+    assert "- static vs vanilla_repeat: no verdict (2 shared seeds; a paired verdict needs at least 3" in summary
     assert "- dynamic vs static: no verdict" in summary
     tags = client.get_run(info["parent_run_id"]).data.tags
     assert tags["selfd.verdict.static_vs_vanilla_repeat"] == tags["selfd.verdict.dynamic_vs_static"] == "no verdict"
@@ -113,6 +113,14 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
     assert page.index('id="verdicts"') < page.index('id="summary"') and "parallel_coordinates.png" in page
     table = pd.read_csv(grid_study / "report" / "results.csv")
     assert table["test_accuracy"].between(0, 1).all() and (table["steps"] > 0).all()
+    # failed runs: by the rule fixed when the study began (validation's majority class + 0.02), counted everywhere
+    threshold = json.loads((grid_study / "study.json").read_text())["failure_threshold"]
+    assert 0.5 <= threshold <= 1.02
+    assert (table["failed_run"] == (table["best_val_accuracy"] <= threshold)).all()
+    assert [cell["failed"] for cell in data["cells"]] == [
+        int(table[(table["distill.tau"] == c["x"]) & (table["distill.alpha"] == c["y"])
+                  & (table.phase == "search-static")]["failed_run"].sum()) for c in data["cells"]]
+    assert f"at or below {threshold:.4f}" in summary and "failed " in summary
     assert (table["samples"] >= table["steps"] * 4).all()
     assert {a.path for a in client.list_artifacts(info["parent_run_id"])} >= {
         "results.csv", "summary.md", "verdicts.json", "heatmaps", "trials", "grad_norms"}
@@ -127,9 +135,9 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
         assert main(["report", str(grid_study)]) == 0
     *_, first, second, third, report_line = capsys.readouterr().out.splitlines()
     assert [first, second, third] == [
-        "verdict: static vs vanilla_repeat: no verdict (2 shared seeds; a paired interval needs at least 3 — run more "
-        "seeds)", "verdict: static vs vanilla: no verdict (2 shared seeds; a paired interval needs at least 3 — run "
-        "more seeds)", "verdict: dynamic vs static: no verdict (2 shared seeds; a paired interval needs at least 3 — "
+        "verdict: static vs vanilla_repeat: no verdict (2 shared seeds; a paired verdict needs at least 3 — run more "
+        "seeds)", "verdict: static vs vanilla: no verdict (2 shared seeds; a paired verdict needs at least 3 — run "
+        "more seeds)", "verdict: dynamic vs static: no verdict (2 shared seeds; a paired verdict needs at least 3 — "
         "run more seeds)"]
     assert report_line == f"report: {grid_study / 'report'}"
     client, info, parents_after, children_after = study_runs(grid_study)

@@ -40,6 +40,15 @@ class Metric(StrEnum):
         return value > than if self.mode == "max" else value < than
 
     @property
+    def bounds(self) -> tuple[float, float]:
+        """The values the score can take."""
+        return (0.0, float("inf")) if self is Metric.VAL_LOSS else (0.0, 1.0)
+
+    def failed(self, value: float, threshold: float) -> bool:
+        """Whether a run whose best validation score is ``value`` failed, by ``threshold``."""
+        return value <= threshold if self.mode == "max" else value >= threshold
+
+    @property
     def worst(self) -> float:
         return float("-inf") if self.mode == "max" else float("inf")
 

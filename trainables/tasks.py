@@ -23,6 +23,7 @@ from pathlib import Path
 
 from trainables.cache import cached_entry, content_hash, registry_download
 from trainables.config import TaskConfig
+from trainables.metrics import Metric
 from trainables.errors import AssetError, ConfigError, first_line
 from trainables.hub import require_hub_asset
 
@@ -48,6 +49,15 @@ class TaskData:
     @property
     def test_majority_accuracy(self) -> float:
         return _majority(self.test)
+
+    def majority_score(self, metric: Metric) -> float | None:
+        """The validation score (accuracy or macro-F1) of always predicting the most frequent class."""
+        from sklearn.metrics import f1_score
+
+        labels = list(self.validation["label"])
+        constant = [max(set(labels), key=labels.count)] * len(labels)
+        return {Metric.VAL_ACCURACY: self.majority_accuracy,
+                Metric.VAL_MACRO_F1: float(f1_score(labels, constant, average="macro", zero_division=0))}.get(metric)
 
 
 def _majority(split) -> float:
