@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import time
 from enum import StrEnum
@@ -119,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--sync", action="store_true",
                         help="first send MLflow what it missed while it was unreachable (exit code 3 if it still is)")
     report.set_defaults(handler=_report)
+
+    plan = commands.add_parser("plan", help="how many paired seeds would decide each of a study's verdicts, and "
+                               "the trial-hours they take")
+    plan.add_argument("study_dir", metavar="STUDY_DIR")
+    plan.add_argument("--detect", type=_difference, metavar="D",
+                      help="plan every comparison to detect this difference (default: the one each undecided "
+                           "verdict saw)")
+    plan.set_defaults(handler=_plan)
 
     ui = commands.add_parser("ui", help="serve a study's MLflow store (127.0.0.1 unless told otherwise) and print "
                              "its URL, or photograph it (--screenshots)")
@@ -308,6 +317,26 @@ def _report(args) -> int:
         return _finish(study_dir, read_study(study_dir))
     _write_report(study_dir)
     return 0
+
+
+def _plan(args) -> int:
+    from study.comparison import seed_plans
+    from study.report import read_results
+
+    spec, _, chosen = read_results(Path(args.study_dir))
+    plans = seed_plans(chosen, spec, args.detect)
+    for plan in plans:
+        print(plan.text(spec.max_concurrent_trials))
+    if not plans:
+        print("nothing to plan: no two methods ran on shared seeds")
+    return 0
+
+
+def _difference(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive difference (e.g. 0.02 for two points)")
+    return value
 
 
 def _write_report(study_dir: Path) -> None:

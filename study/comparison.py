@@ -86,9 +86,10 @@ def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[
     return chosen
 
 
-def verdicts(chosen: list[Selection], spec: StudySpec) -> list[Verdict]:
+def verdicts(chosen: list[Selection], spec: StudySpec, detect: float | None = None) -> list[Verdict]:
     """Each searched method against ``vanilla_repeat`` and ``vanilla``, and ``dynamic`` against ``static``,
-    where the study ran both (paired test scores on shared seeds)."""
+    where the study ran both (paired test scores on shared seeds); ``detect``: plan every verdict's seeds for this
+    difference (else undecided ones for the difference they saw)."""
     by_method = {selection.method: selection for selection in chosen}
     pairs = [(method, control) for method in dict.fromkeys(map(str, spec.methods)) for control in CONTROLS
              if method != control and control in by_method and method in by_method]
@@ -96,8 +97,60 @@ def verdicts(chosen: list[Selection], spec: StudySpec) -> list[Verdict]:
         pairs.append((Method.DYNAMIC, Method.STATIC))
     return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode,
                     spec.equivalence_margin, spec.metric.bounds, by_method[a].failed_runs(spec),
-                    by_method[b].failed_runs(spec))
+                    by_method[b].failed_runs(spec), detect)
             for a, b in pairs]
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """What deciding a verdict would take: more paired seeds and their trial-hours at the study's own pace."""
+
+    verdict: Verdict
+    more_seeds: int | None  # beyond the shared seeds (None: no plan reaches the power)
+    trial_hours: float  # both methods' extra trials, at their mean trial seconds in this study
+    more_for_margin: int | None
+    trial_hours_for_margin: float
+
+    def text(self, concurrent: int) -> str:
+        verdict, plan = self.verdict, self.verdict.plan
+        head = f"{verdict.subject} vs {verdict.control}: {verdict.word} after {verdict.n} paired seeds"
+        if plan is None:
+            return head + ("" if verdict.word.decisive else f" ({verdict.reason})")
+        parts = []
+        if plan.seeds is not None:
+            parts.append(f"to detect {plan.detect:+.3f}: {plan.seeds} paired seeds ({self.more_seeds} more, "
+                         f"{_hours(self.trial_hours, concurrent)})")
+        if plan.seeds_for_margin is not None:
+            parts.append(f"to show equivalence within ±{plan.margin:g}: {plan.seeds_for_margin} "
+                         f"({self.more_for_margin} more, {_hours(self.trial_hours_for_margin, concurrent)})")
+        basis = "failure rates" if plan.from_failure_rates else "spread of the differences"
+        return f"{head}; " + "; ".join(parts) + f" — 80 % power, planned from the {basis} (σ_d = {plan.spread:.3f})"
+
+
+def seed_plans(chosen: list[Selection], spec: StudySpec, detect: float | None = None) -> list[SeedPlan]:
+    """Each verdict's seed plan (``verdicts``), costed at the mean trial seconds of the two configurations."""
+    by_method = {selection.method: selection for selection in chosen}
+    plans = []
+    for verdict in verdicts(chosen, spec, detect):
+        seconds = _mean(by_method[verdict.subject].rows, "seconds") + _mean(by_method[verdict.control].rows,
+                                                                            "seconds")
+        plan = verdict.plan
+
+        def more(seeds: int | None) -> int | None:
+            return None if seeds is None else max(0, seeds - verdict.n)
+
+        def hours(seeds: int | None) -> float:
+            return math.nan if seeds is None else more(seeds) * seconds / 3600
+
+        plans.append(SeedPlan(verdict, more(plan and plan.seeds), hours(plan and plan.seeds),
+                              more(plan and plan.seeds_for_margin), hours(plan and plan.seeds_for_margin)))
+    return plans
+
+
+def _hours(trial_hours: float, concurrent: int) -> str:
+    if math.isnan(trial_hours):
+        return "trial time unknown"
+    return f"≈ {trial_hours:.2f} trial-hours, {trial_hours / concurrent:.2f} h at {concurrent} trials at once"
 
 
 def setting_text(values: dict) -> str:

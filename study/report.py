@@ -43,16 +43,14 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     """Write ``report/`` and log it to the parent run; returns the folder and one line per verdict."""
     study_dir = Path(study_dir).resolve()
     state = StudyState.read(study_dir)
-    spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
     client = MlflowClient(state.tracking.tracking_uri)
-    table = results_table(client, state, spec)
+    spec, table, chosen = read_results(study_dir)
     out = study_dir / "report"
     for folder in FIGURE_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)  # figures of an earlier report must not linger
         (out / folder).mkdir(parents=True)
     table.to_csv(out / "results.csv", index=False)
 
-    chosen = selections(table, spec, state)
     judged = verdicts(chosen, spec)
     heatmaps = [data for method in spec.methods for x, y in spec.heatmap_axes
                 if spec.search.algorithm == "grid" and x != y
@@ -77,6 +75,15 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
         if any((out / folder).iterdir()):
             client.log_artifacts(parent, str(out / folder), folder)
     return out, [verdict.text() for verdict in judged]
+
+
+def read_results(study_dir: Path) -> tuple[StudySpec, pd.DataFrame, list]:
+    """A study's spec, its results table (``results_table``) and the configurations it compares."""
+    study_dir = Path(study_dir).resolve()
+    state = StudyState.read(study_dir)
+    spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
+    table = results_table(MlflowClient(state.tracking.tracking_uri), state, spec)
+    return spec, table, selections(table, spec, state)
 
 
 def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:

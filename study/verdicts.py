@@ -191,26 +191,31 @@ def method_text(scores: str, margin: float | None) -> str:
 def compare(subject: str, subject_scores: dict[int, float], control: str, control_scores: dict[int, float],
             mode: str = "max", margin: float | None = None, bounds: tuple[float, float] = (-math.inf, math.inf),
             subject_failed: dict[int, bool] | None = None, control_failed: dict[int, bool] | None = None,
-            plan: bool = True) -> Verdict:
+            detect: float | None = None) -> Verdict:
     """The paired verdict of ``subject`` against ``control`` (scores by seed). ``mode``: the metric's direction
     (``max``: higher is better); ``margin``: equivalence margin; ``bounds``: the metric's range; ``*_failed``:
-    which runs failed, by seed, when the study has a failure rule; ``plan``: plan seeds for an undecided one."""
+    which runs failed, by seed, when the study has a failure rule. An undecided verdict plans the seeds that
+    would detect the difference it saw; with ``detect``, every verdict plans for that difference."""
     from scipy.stats import binomtest
 
     seeds = tuple(sorted(set(subject_scores) & set(control_scores)))
-    if len(seeds) < MIN_SEEDS:
-        return Verdict(subject, control, seeds, Word.NO_VERDICT, margin=margin, reason=(
-            f"{len(seeds)} shared seed{'s' * (len(seeds) != 1)}; a paired verdict needs at least {MIN_SEEDS} — "
-            "run more seeds"))
     a = np.array([float(subject_scores[s]) for s in seeds])
     b = np.array([float(control_scores[s]) for s in seeds])
     d = a - b
+    paired = subject_failed is not None and control_failed is not None
+    flags = ([subject_failed[s] for s in seeds], [control_failed[s] for s in seeds]) if paired else None
+    if len(seeds) < MIN_SEEDS:  # two seeds still plan, as a pilot
+        planned = plan_seeds(d, abs(float(d.mean())) if detect is None else detect, margin, flags, a, b) \
+            if len(seeds) >= 2 else None
+        return Verdict(subject, control, seeds, Word.NO_VERDICT, margin=margin, plan=planned, reason=(
+            f"{len(seeds)} shared seed{'s' * (len(seeds) != 1)}; a paired verdict needs at least {MIN_SEEDS} — "
+            "run more seeds"))
     sign = 1 if mode == "max" else -1
     word, p_value = decide(d, sign, margin)
     widest = bounds[1] - bounds[0]
     low, high = shift_interval(d, 1 - LEVEL, (-widest, widest))
     failures = {}
-    if subject_failed is not None and control_failed is not None:
+    if paired:
         only_subject = sum(subject_failed[s] and not control_failed[s] for s in seeds)
         only_control = sum(control_failed[s] and not subject_failed[s] for s in seeds)
         discordant = only_subject + only_control
@@ -218,9 +223,8 @@ def compare(subject: str, subject_scores: dict[int, float], control: str, contro
                     "failures_p_value": float(binomtest(only_subject, discordant).pvalue) if discordant else 1.0}
     improvement = float(np.mean((sign * d > 0) + 0.5 * (d == 0)))
     planned = None
-    if plan and not word.decisive:
-        flags = None if not failures else ([subject_failed[s] for s in seeds], [control_failed[s] for s in seeds])
-        planned = plan_seeds(d, abs(float(d.mean())), margin, flags, a, b)
+    if detect is not None or not word.decisive:
+        planned = plan_seeds(d, abs(float(d.mean())) if detect is None else detect, margin, flags, a, b)
     return Verdict(subject, control, seeds, word, float(d.mean()), low, high, p_value, margin, improvement,
                    plan=planned, **failures)
 
@@ -313,11 +317,14 @@ def _mixture_variance(scores, failed, pooled, pooled_failed) -> float:
 
     def part(mask, pooled_mask):
         values = scores[mask] if mask.sum() >= 2 else pooled[pooled_mask]
+        if not len(values):  # every run of both methods failed (or none did): no gap to measure
+            return math.nan, 0.0
         return float(values.mean()), float(values.var(ddof=1)) if len(values) > 1 else 0.0
 
     failed_mean, failed_var = part(failed, pooled_failed)
     clicked_mean, clicked_var = part(~failed, ~pooled_failed)
-    return rate * failed_var + (1 - rate) * clicked_var + rate * (1 - rate) * (clicked_mean - failed_mean) ** 2
+    gap = 0.0 if math.isnan(failed_mean) or math.isnan(clicked_mean) else clicked_mean - failed_mean
+    return rate * failed_var + (1 - rate) * clicked_var + rate * (1 - rate) * gap ** 2
 
 
 def _difference_power(n: int, detect: float, spread: float) -> float:

@@ -145,6 +145,27 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
     assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before
 
 
+def test_plan_prices_the_seeds_each_verdict_needs_from_the_study_itself(grid_study, capsys):
+    """Two seeds give no verdict but serve as a pilot: each comparison gets the paired seeds for 80 % power to
+    detect the difference asked for, priced at the trial seconds the study measured."""
+    table = pd.read_csv(grid_study / "report" / "results.csv")
+    assert main(["plan", str(grid_study), "--detect", "0.05"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["static vs vanilla_repeat", "static vs vanilla",
+                                                      "dynamic vs static"]
+    for line in lines:
+        found = re.search(r"no verdict after 2 paired seeds; to detect \+0\.050: (\d+) paired seeds \((\d+) more, "
+                          r"≈ ([\d.]+) trial-hours, ([\d.]+) h at 2 trials at once\)", line)
+        assert found, line
+        seeds, more, hours, wall = int(found[1]), int(found[2]), float(found[3]), float(found[4])
+        assert seeds >= 6 and more == seeds - 2 and wall == pytest.approx(hours / 2, abs=0.01)
+        assert 0 < hours <= more * 2 * table["seconds"].max() / 3600 + 0.01
+        assert "80 % power, planned from the" in line
+    with pytest.raises(SystemExit) as refused:
+        main(["plan", str(grid_study), "--detect", "-1"])
+    assert refused.value.code == 2 and "not a positive difference" in capsys.readouterr().err
+
+
 def test_a_finished_study_is_never_run_over(grid_study, capsys):
     """`selfd run` into a finished study refuses, `--if-exists continue` rebuilds its report and runs nothing, and
     `--if-exists beside` runs a new study next to it: the old one's files, Tune records and MLflow runs stay."""
