@@ -25,7 +25,7 @@ from scipy.stats import norm, ttest_rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from study.verdicts import LEVEL, Word, decide, plan_seeds  # noqa: E402
+from study.verdicts import LEVEL, Word, decide, decide_anytime, plan_seeds  # noqa: E402
 
 SEEDS = (3, 4, 6, 10, 20)
 CORRELATION = 0.5
@@ -90,6 +90,24 @@ def rates(outcomes, n: int, studies: int, seed: int = 0, margin: float | None = 
             "rejects": share["better"] + share["worse"], "t_test_rejects": float(np.nanmean(t_rejects))}
 
 
+def adaptive_rates(outcomes, most: int, studies: int, least: int = 3, round_size: int = 2, seed: int = 0,
+                   margin: float | None = MARGIN) -> dict:
+    """The whole adaptive confirmation: ``least`` seeds, then ``round_size`` more at a time up to ``most``,
+    stopping at the first look where the anytime-valid rule decides; shares of each word and the mean seeds."""
+    a, b, _, _ = outcomes.draw(np.random.default_rng(seed), studies, most)
+    d = a - b
+    words = np.full(studies, Word.UNDETERMINED, dtype=object)
+    seeds = np.full(studies, most)
+    looks = [*range(min(least, most), most, round_size), most]
+    for n in looks:
+        seen, _ = decide_anytime(d[:, :n], 1, margin)
+        new = (words == Word.UNDETERMINED) & (seen != Word.NOT_DISTINGUISHABLE)
+        words[new], seeds[new] = seen[new], n
+    share = {str(word): float(np.mean(words == word)) for word in (Word.BETTER, Word.WORSE, Word.EQUIVALENT)}
+    return {**share, "rejects": share["better"] + share["worse"], "mean_seeds": float(seeds.mean()),
+            "looks": len(looks)}
+
+
 def planned_power(outcomes, pilot: int = 4000, studies: int = 1000) -> dict:
     """The seeds ``plan_seeds`` asks for, from a large pilot of this outcome model, and the power the verdict then
     has at that many seeds (simulated)."""
@@ -113,13 +131,15 @@ def main() -> None:
         "gaussian_shift_1sd": Gaussian(shift=0.02),
         "click_equal_at_margin": Click(shift=MARGIN / 0.7),  # true difference = +margin
         "gaussian_equal_at_margin": Gaussian(shift=MARGIN),
-        "click_same": Click(fail=(0.3, 0.3)),
-        "gaussian_same": Gaussian(),
+        # a coin-flip task, every pair independent: the t-test's worst case here (tiny spread within a mode)
+        "click_coin_null": Click(fail=(0.5, 0.5), clicked=(0.9, 0.002), failed=(0.63, 0.002)),
     }
     table = {name: {n: rates(outcomes, n, args.studies, seed=n) for n in SEEDS} for name, outcomes in cases.items()}
+    adaptive = {name: {n: adaptive_rates(outcomes, n, args.studies, seed=n) for n in SEEDS}
+                for name, outcomes in cases.items()}
     plans = {name: planned_power(cases[name]) for name in ("click_fail_0.1_vs_0.5", "gaussian_shift_1sd")}
     print(json.dumps({"studies_per_cell": args.studies, "level": LEVEL, "margin": MARGIN,
-                      "correlation": CORRELATION, "rates": table, "plans": plans,
+                      "correlation": CORRELATION, "fixed_n": table, "adaptive_up_to_n": adaptive, "plans": plans,
                       "seconds": round(time.perf_counter() - started, 1)}, indent=1))
 
 

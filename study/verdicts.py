@@ -44,6 +44,7 @@ class Word(StrEnum):
     WORSE = "worse"
     EQUIVALENT = "equivalent"
     NOT_DISTINGUISHABLE = "not distinguishable"
+    UNDETERMINED = "undetermined"  # an adaptive confirmation that ended (max seeds, time budget) without deciding
     NO_VERDICT = "no verdict"
 
     @property
@@ -243,6 +244,45 @@ def decide(differences, sign: int = 1, margin: float | None = None):
     if d.ndim == 1:
         return Word(words.item()), float(p_value)
     return words, p_value
+
+
+# ---- anytime-valid: adaptive confirmation -------------------------------------------------------------------
+
+BETS = np.linspace(0.05, 0.95, 19)  # the fractions of wealth a sign e-process mixes over, equally weighted
+
+
+def sign_evalues(differences, direction: int):
+    """The running e-values of "each difference's sign is a fair coin, whatever its size" (what interchangeable
+    methods give), betting on ``direction`` (+1: positive differences): a mixture over ``BETS`` of the wealth
+    ∏ (1 + λ · sign(dᵢ) · |dᵢ| / maxⱼ≤ᵢ |dⱼ|). Under that null each factor has mean 1 given the past and |dᵢ|,
+    so the wealth is a test martingale and, by Ville's inequality, exceeds 1/α at *any* seed count with
+    probability at most α: a study may look after every round and stop when it crosses. Over the last axis."""
+    d = np.asarray(differences, dtype=float)
+    size = np.abs(d)
+    scale = np.maximum.accumulate(size, axis=-1)
+    weight = np.divide(size, scale, out=np.zeros_like(size), where=scale > 0)
+    bets = BETS.reshape((-1,) + (1,) * d.ndim)
+    return np.cumprod(1 + direction * bets * np.sign(d) * weight, axis=-1).mean(axis=0)
+
+
+def decide_anytime(differences, sign: int = 1, margin: float | None = None):
+    """The anytime-valid words for paired ``differences`` in the order they were observed (seed order, one
+    study per row of a 2-D array), and the two-sided e-values: *better* / *worse* when the two-sided e-value
+    (the mean of the two directions') reaches 1/``LEVEL``; *equivalent* when the one-sided e-values of
+    ``d − margin`` betting down and ``d + margin`` betting up both reach it (differences symmetric about their
+    mean, as the fixed-n TOST assumes); else *not distinguishable* (so far)."""
+    d = np.asarray(differences, dtype=float)
+    up, down = sign_evalues(d, 1)[..., -1], sign_evalues(d, -1)[..., -1]
+    evalue = (up + down) / 2
+    better = sign * (up - down) > 0
+    words = np.where(evalue >= 1 / LEVEL, np.where(better, Word.BETTER, Word.WORSE), Word.NOT_DISTINGUISHABLE)
+    if margin is not None:
+        within = (sign_evalues(d - margin, -1)[..., -1] >= 1 / LEVEL) & \
+            (sign_evalues(d + margin, 1)[..., -1] >= 1 / LEVEL)
+        words = np.where((evalue < 1 / LEVEL) & within, Word.EQUIVALENT, words)
+    if d.ndim == 1:
+        return Word(words.item()), float(evalue)
+    return words, evalue
 
 
 def sign_flip_p(differences, alternative: str):

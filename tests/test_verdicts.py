@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.verdict_power import MARGIN, Click, Gaussian, planned_power, rates
+from benchmarks.verdict_power import MARGIN, Click, Gaussian, adaptive_rates, planned_power, rates
 from study.verdicts import Outcomes, Word, compare, shift_interval, sign_flip_p
 
 STUDIES = 400  # per cell: a 5 % rate's Monte Carlo standard error is 1.1 points
@@ -109,3 +109,27 @@ def test_outcomes_count_failures_with_an_exact_interval_and_drop_nothing():
     assert (outcomes.failure_low, outcomes.failure_high) == pytest.approx((0.00631, 0.80588), abs=1e-5)
     assert "failed 1/4" in outcomes.text() and "conditional" in outcomes.text()
     assert Outcomes.of([0.5]).text() == "0.500 (1 seed)" and Outcomes.of([0.5, 0.6]).failed is None
+
+
+@pytest.mark.parametrize("outcomes", [Click(), Gaussian()], ids=["click", "gaussian"])
+def test_adaptive_confirmation_looking_after_every_round_keeps_false_positives_at_5_percent(outcomes):
+    """The whole adaptive procedure: 3 seeds, then 2 more a round up to n, stopping at the first look that
+    decides. Optional stopping does not raise the anytime-valid rule's error rate."""
+    for n in (3, 4, 6, 10, 20, 40):
+        seen = adaptive_rates(outcomes, n, 1000, seed=200 + n)
+        print(f"{type(outcomes).__name__} null, adaptive up to {n} seeds: {seen['rejects']:.3f} better or worse")
+        assert seen["rejects"] <= allowed(studies=1000)
+
+
+@pytest.mark.parametrize("outcomes", [Click(shift=MARGIN / 0.7), Gaussian(shift=MARGIN)], ids=["click", "gaussian"])
+def test_adaptive_equivalence_at_a_difference_of_exactly_the_margin_stays_within_5_percent(outcomes):
+    for n in (10, 20, 40):
+        assert adaptive_rates(outcomes, n, 1000, seed=300 + n)["equivalent"] <= allowed(studies=1000)
+
+
+def test_adaptive_confirmation_decides_real_differences_and_stops_early():
+    seen = adaptive_rates(Click(fail=(0.1, 0.5)), 40, 1000, seed=9)
+    print(f"adaptive up to 40 seeds, failure rates 0.1 vs 0.5: {seen}")
+    assert seen["better"] >= 0.8 and seen["worse"] == 0 and seen["mean_seeds"] < 32
+    shifted = adaptive_rates(Gaussian(shift=0.02), 40, 1000, seed=10)
+    assert shifted["better"] >= 0.95 and shifted["mean_seeds"] < 25
