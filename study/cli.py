@@ -323,8 +323,8 @@ def _plan(args) -> int:
     from study.comparison import seed_plans
     from study.report import read_results
 
-    spec, _, chosen = read_results(Path(args.study_dir))
-    plans = seed_plans(chosen, spec, args.detect)
+    spec, state, _, chosen = read_results(Path(args.study_dir))
+    plans = seed_plans(chosen, spec, args.detect, state.stopped)
     for plan in plans:
         print(plan.text(spec.max_concurrent_trials))
     if not plans:

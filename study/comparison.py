@@ -15,7 +15,7 @@ import pandas as pd
 
 from study import state as phases
 from study.spec import StudySpec
-from study.state import StudyState
+from study.state import StopReason, StudyState
 from study.verdicts import Outcomes, Verdict, compare
 from trainables.methods import Method
 
@@ -66,11 +66,13 @@ class Selection:
 
 
 def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[Selection]:
-    """Each baseline at its base settings, then each searched method at the setting validation chose."""
+    """Each baseline at its base settings, then each searched method at the setting validation chose; the
+    adaptive confirmation's rounds add to the two methods they ran."""
     scored = table[table[spec.metric.best].notna()]
+    rounds = scored[scored.phase.map(phases.is_confirmation)]
     chosen = []
     for method, rows in scored[scored.phase == phases.BASELINES.name].groupby("method", sort=False):
-        chosen.append(Selection(str(method), "base settings", {}, rows))
+        chosen.append(Selection(str(method), "base settings", {}, _with_rounds(rows, rounds, method)))
     for method in spec.searched:
         search = scored[scored.phase == phases.search(method).name]
         reruns = scored[scored.phase == phases.rerun(method).name]
@@ -79,26 +81,40 @@ def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[
         if setting is None:
             continue
         if len(reruns):
-            chosen.append(Selection(str(method), "best setting re-run", setting, reruns))
+            chosen.append(Selection(str(method), "best setting re-run", setting, _with_rounds(reruns, rounds, method)))
         else:
             rows = search[_matches(search, setting)]
             chosen.append(Selection(str(method), "best setting on validation", setting, rows))
     return chosen
 
 
-def verdicts(chosen: list[Selection], spec: StudySpec, detect: float | None = None) -> list[Verdict]:
+def _with_rounds(rows: pd.DataFrame, rounds: pd.DataFrame, method: str) -> pd.DataFrame:
+    return pd.concat([rows, rounds[rounds.method == method]]) if len(rounds) else rows
+
+
+def verdicts(chosen: list[Selection], spec: StudySpec, detect: float | None = None,
+             stopped: StopReason | None = None) -> list[Verdict]:
     """Each searched method against ``vanilla_repeat`` and ``vanilla``, and ``dynamic`` against ``static``,
     where the study ran both (paired test scores on shared seeds); ``detect``: plan every verdict's seeds for this
-    difference (else undecided ones for the difference they saw)."""
+    difference (else undecided ones for the difference they saw). An adaptive study's primary comparison is
+    decided by the anytime-valid rule; ``stopped``: why its confirmation ended (None: it goes on)."""
     by_method = {selection.method: selection for selection in chosen}
     pairs = [(method, control) for method in dict.fromkeys(map(str, spec.methods)) for control in CONTROLS
              if method != control and control in by_method and method in by_method]
     if Method.DYNAMIC in by_method and Method.STATIC in by_method:
         pairs.append((Method.DYNAMIC, Method.STATIC))
+    primary = _primary(spec)
+    if primary and primary not in pairs and all(m in by_method for m in primary):
+        pairs.insert(0, primary)
     return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode,
                     spec.equivalence_margin, spec.metric.bounds, by_method[a].failed_runs(spec),
-                    by_method[b].failed_runs(spec), detect)
+                    by_method[b].failed_runs(spec), detect, adaptive=_primary(spec) == (a, b),
+                    stopped=str(stopped or ""))
             for a, b in pairs]
+
+
+def _primary(spec: StudySpec) -> tuple[str, str] | None:
+    return tuple(map(str, spec.primary)) if spec.adaptive else None
 
 
 @dataclass(frozen=True)
@@ -127,11 +143,12 @@ class SeedPlan:
         return f"{head}; " + "; ".join(parts) + f" — 80 % power, planned from the {basis} (σ_d = {plan.spread:.3f})"
 
 
-def seed_plans(chosen: list[Selection], spec: StudySpec, detect: float | None = None) -> list[SeedPlan]:
+def seed_plans(chosen: list[Selection], spec: StudySpec, detect: float | None = None,
+               stopped: StopReason | None = None) -> list[SeedPlan]:
     """Each verdict's seed plan (``verdicts``), costed at the mean trial seconds of the two configurations."""
     by_method = {selection.method: selection for selection in chosen}
     plans = []
-    for verdict in verdicts(chosen, spec, detect):
+    for verdict in verdicts(chosen, spec, detect, stopped):
         seconds = _mean(by_method[verdict.subject].rows, "seconds") + _mean(by_method[verdict.control].rows,
                                                                             "seconds")
         plan = verdict.plan

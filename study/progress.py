@@ -35,8 +35,9 @@ class StudyProgress(tune.Callback):
     """Given to every phase's Tuner; the runner names the phase running (``phase``) and counts each ended
     phase's trials in (``phase_ended``)."""
 
-    def __init__(self, total: int, metric: Metric, out=None, clock=time.monotonic) -> None:
-        self.total, self.metric = total, Metric(metric)
+    def __init__(self, total: int, metric: Metric, out=None, clock=time.monotonic, most: int | None = None) -> None:
+        # total: the trials planned so far; most: the most an adaptive confirmation could run (None: total)
+        self.total, self.most, self.metric = total, most, Metric(metric)
         self.out, self.clock = out, clock
         self.started = clock()
         self.before_phase = 0  # trials of the phases that ended before the current one
@@ -62,13 +63,17 @@ class StudyProgress(tune.Callback):
     def line(self, ended: int, what: str) -> str:
         elapsed = self.clock() - self.started
         left = max(self.total - ended, 0)
-        if left == 0:
+        more = (self.most or self.total) - self.total  # trials adaptive confirmation may still add
+        if left == 0 and not more:
             estimate = "done"
         elif self.ended_here:
-            estimate = f"about {duration(elapsed / self.ended_here * left)} left"
+            pace = elapsed / self.ended_here
+            estimate = f"about {duration(pace * left)} left" + (
+                f", up to {duration(pace * (left + more))} if confirmation needs every seed" if more else "")
         else:
             estimate = "time left: after the first trial"
-        return f"progress: {ended}/{self.total} trials · {what} · {duration(elapsed)} elapsed · {estimate}"
+        planned = f"{self.total}" + (f" (up to {self.most})" if more else "")
+        return f"progress: {ended}/{planned} trials · {what} · {duration(elapsed)} elapsed · {estimate}"
 
     def _ended(self, trials: list, trial, outcome: str) -> None:
         self.ended_here += 1

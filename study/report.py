@@ -42,16 +42,15 @@ PARALLEL_MIN_TRIALS = 3  # fewer lines show no pattern
 def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     """Write ``report/`` and log it to the parent run; returns the folder and one line per verdict."""
     study_dir = Path(study_dir).resolve()
-    state = StudyState.read(study_dir)
+    spec, state, table, chosen = read_results(study_dir)
     client = MlflowClient(state.tracking.tracking_uri)
-    spec, table, chosen = read_results(study_dir)
     out = study_dir / "report"
     for folder in FIGURE_FOLDERS:
         shutil.rmtree(out / folder, ignore_errors=True)  # figures of an earlier report must not linger
         (out / folder).mkdir(parents=True)
     table.to_csv(out / "results.csv", index=False)
 
-    judged = verdicts(chosen, spec)
+    judged = verdicts(chosen, spec, stopped=state.stopped)
     heatmaps = [data for method in spec.methods for x, y in spec.heatmap_axes
                 if spec.search.algorithm == "grid" and x != y
                 and (data := heatmap(table, spec, method, x, y, judged, out / "heatmaps"))]
@@ -77,13 +76,20 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     return out, [verdict.text() for verdict in judged]
 
 
-def read_results(study_dir: Path) -> tuple[StudySpec, pd.DataFrame, list]:
-    """A study's spec, its results table (``results_table``) and the configurations it compares."""
+def read_results(study_dir: Path) -> tuple[StudySpec, StudyState, pd.DataFrame, list]:
+    """A study's spec, state, results table (``results_table``) and the configurations it compares."""
     study_dir = Path(study_dir).resolve()
     state = StudyState.read(study_dir)
     spec = StudySpec.model_validate(yaml.safe_load((study_dir / "spec.yaml").read_text()))
     table = results_table(MlflowClient(state.tracking.tracking_uri), state, spec)
-    return spec, table, selections(table, spec, state)
+    return spec, state, table, selections(table, spec, state)
+
+
+def primary_verdict(study_dir: Path) -> Verdict:
+    """An adaptive study's primary comparison, on every seed so far (what decides whether confirmation goes on)."""
+    spec, state, _, chosen = read_results(study_dir)
+    primary = tuple(map(str, spec.primary))
+    return next(v for v in verdicts(chosen, spec, stopped=state.stopped) if (v.subject, v.control) == primary)
 
 
 def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:

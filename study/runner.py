@@ -5,7 +5,11 @@ Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
    with the base settings (no early stopping);
 2. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
    with every seed, TPE and random draw ``num_samples`` settings per method at the first seed;
-3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds.
+3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds (the first
+   ``min`` of an adaptive range);
+4. ``confirm-<round>`` — adaptive confirmation: after each round, the primary comparison's anytime-valid rule
+   (study.verdicts) looks at every paired seed so far; until it decides, or ``max`` seeds, or the time budget,
+   the next round runs both of its methods on the next seeds.
 Every trial is a child run of one MLflow parent run per study execution. ``study.json`` in the study directory
 records the phases that have ended, so ``selfd resume`` skips them and restores the one in progress from
 Tune's saved state. A directory holds one study: ``run`` refuses one that holds a study (study.directory), and
@@ -33,11 +37,11 @@ from study.directory import check_writable, driving, holds_study, refusal
 from study.progress import StudyProgress
 from study import signals
 from study.spec import StudySpec, check_scheduler
-from study.state import Phase, PhaseKind, PhaseRecord, StudyState
+from study.state import Phase, PhaseKind, PhaseRecord, StopReason, StudyState
 from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
 from trainables.errors import ConfigError
 from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries
-from trainables.schema import flatten
+from trainables.schema import flatten, with_values
 
 
 def run_study(spec: StudySpec, study_dir: Path, address: str | None = None) -> Tracking:
@@ -121,7 +125,12 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking.tracking_uri)
-    progress = StudyProgress(sum(phase_trials(spec, phase) for phase in planned_phases(spec)), spec.metric)
+    state = StudyState.read(study_dir)
+    planned = sum(phase_trials(spec, phase) for phase in planned_phases(spec)) + \
+        sum(phase_trials(spec, phases.Phase.parse(name)) for name in state.phases if phases.is_confirmation(name))
+    rounds_left = 0 if state.stopped else 2 * (len(spec.confirmation_seeds) - _confirmed_seeds(spec, state)) \
+        if spec.adaptive else 0
+    progress = StudyProgress(planned, spec.metric, most=planned + rounds_left if spec.adaptive else None)
     try:
         if spec.fixed_baselines:
             controls = _fixed(spec.fixed_baselines, spec.verdict_seeds)
@@ -132,8 +141,10 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
         if spec.rerun_best:
             for method, setting in best.items():
                 if setting is not None:
-                    rerun = _fixed([method], spec.rerun_best.seeds, setting)
+                    rerun = _fixed([method], spec.verdict_seeds, setting)
                     _phase(spec, study_dir, tracking, progress, phases.rerun(method), rerun)
+        if spec.adaptive:
+            _confirm(spec, study_dir, tracking, progress, best)
     except BaseException:
         with contextlib.suppress(*TRACKING_ERRORS):
             client.set_terminated(tracking.parent_run_id, "KILLED")
@@ -174,22 +185,81 @@ def phase_trials(spec: StudySpec, phase: Phase) -> int:
     if phase.kind is PhaseKind.BASELINES:
         return spec.baseline_trials
     if phase.kind is PhaseKind.RERUN:
-        return len(spec.rerun_best.seeds)
+        return len(spec.verdict_seeds)
+    if phase.kind is PhaseKind.CONFIRM:
+        return 2 * len(_round_seeds(spec, phase.round))
     return spec.method_search_trials(phase.method)
 
 
+def _round_seeds(spec: StudySpec, round_number: int) -> list[int]:
+    """The seeds confirmation round ``round_number`` (2, 3, …) adds."""
+    first = spec.adaptive.min + (round_number - 2) * spec.round_seeds
+    return spec.confirmation_seeds[first:first + spec.round_seeds]
+
+
+def _confirmed_seeds(spec: StudySpec, state: StudyState) -> int:
+    rounds = [name for name in state.phases if phases.is_confirmation(name)]
+    return len(spec.verdict_seeds) + sum(len(_round_seeds(spec, phases.Phase.parse(n).round)) for n in rounds)
+
+
+def _confirm(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress,
+             best: dict[str, dict | None]) -> None:
+    """Adaptive confirmation's rounds, until the primary comparison is decided, or every seed of the range ran,
+    or the next round would end past the time budget; why it stopped goes to the study file."""
+    subject, control = map(str, spec.primary)
+    # the searched method at its chosen setting; the control at its own (tuned) or the base settings
+    settings = {subject: best[subject] or {}, control: best.get(control) or {}}
+    round_number = 2
+    while True:
+        state = StudyState.read(study_dir)
+        if state.stopped:
+            return
+        stop = _confirmation_stop(spec, study_dir, state, round_number)
+        if stop is not None:
+            replace(state, stopped=stop).write(study_dir)
+            progress.most = progress.total
+            return
+        seeds = _round_seeds(spec, round_number)
+        phase = phases.confirm(round_number)
+        if state.ended(phase) is None:
+            progress.total += 2 * len(seeds)
+        _phase(spec, study_dir, tracking, progress, phase, _fixed([subject, control], seeds), settings=settings)
+        round_number += 1
+
+
+def _confirmation_stop(spec: StudySpec, study_dir: Path, state: StudyState, round_number: int) -> StopReason | None:
+    """Why confirmation adds no round ``round_number`` (None: it adds it)."""
+    from study.report import primary_verdict
+
+    if state.ended(phases.confirm(round_number)) is not None:
+        return None  # ran before an interruption
+    if primary_verdict(study_dir).word.decisive:
+        return StopReason.DECIDED
+    if not _round_seeds(spec, round_number):
+        return StopReason.MAX_SEEDS
+    budget = spec.rerun_best.budget_minutes
+    rounds = [record.seconds for name, record in state.phases.items() if phases.is_confirmation(name)]
+    reruns = [record.seconds for name, record in state.phases.items() if name.startswith(PhaseKind.RERUN)]
+    next_round = rounds[-1] if rounds else max(reruns, default=0.0)  # the last round's time, else a re-run's
+    if budget is not None and state.seconds + next_round > budget * 60:
+        return StopReason.BUDGET
+    return None
+
+
 def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-           param_space: dict, search: Search | None = None) -> PhaseRecord:
-    """Run (or, after an interruption, finish) one phase; returns its record: failed trials and best setting."""
+           param_space: dict, search: Search | None = None, settings: dict[str, dict] | None = None) -> PhaseRecord:
+    """Run (or, after an interruption, finish) one phase; returns its record: failed trials, best setting and
+    seconds. ``settings``: per method, the searched values its trials run at (default: its base settings)."""
     ended = StudyState.read(study_dir).ended(phase)
     if ended is not None:
         progress.phase_ended(phase_trials(spec, phase))
         return ended
     progress.phase = phase.name
-    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search)
+    started = time.monotonic()
+    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search, settings or {})
     progress.phase_ended(len(results))
     best = best_setting(results, spec, phase.method) if search else None
-    record = PhaseRecord(results.num_errors, best)
+    record = PhaseRecord(results.num_errors, best, round(time.monotonic() - started, 1))
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
     for checkpoint in (study_dir / "tune" / phase.name).glob("*/checkpoint_*"):  # an ended phase never resumes
         shutil.rmtree(checkpoint, ignore_errors=True)
@@ -311,13 +381,14 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-         param_space: dict, search: Search | None = None):
+         param_space: dict, search: Search | None, settings: dict[str, dict]):
     """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
 
     from trainables.tune_trial import run_trial
 
-    base_runs = {str(method): spec.base_run(method) for method in {*spec.methods, *spec.baselines}}
+    base_runs = {str(method): with_values(spec.base_run(method), settings.get(str(method), {}))
+                 for method in {*spec.methods, *spec.baselines}}
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase.name, study_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from trainables.config import RunConfig, RunSettings, parse_config
 from trainables.errors import ConfigError
@@ -116,11 +116,35 @@ class Tracking(Strict):
         return uri
 
 
-class Rerun(Strict):
-    """Re-run each searched method's best configuration over these seeds (mean ± std, paired comparison); the
-    fixed baselines run on them too. Seeds apart from the search's give test scores that chose nothing."""
+class SeedRange(Strict):
+    """Adaptive confirmation: ``min`` seeds first, then rounds of ``round`` more to the primary comparison's two
+    methods until the anytime-valid rule decides it, or ``max`` seeds, or the time budget."""
 
-    seeds: Annotated[list[int], AfterValidator(distinct_seeds)] = Field(min_length=2)
+    min: int = Field(ge=2)
+    max: int
+    start: int | None = Field(None, ge=0)  # the first seed; default: one past the search's largest
+    round: int | None = Field(None, gt=0)  # seeds a round adds; default: as many as run at once (two trials a seed)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class Rerun(Strict):
+    """Re-run each searched method's best configuration over these seeds (paired comparisons); the fixed
+    baselines run on them too. Seeds apart from the search's give test scores that chose nothing. A range
+    (``{min: 4, max: 24}``) confirms adaptively (SeedRange)."""
+
+    seeds: Annotated[Annotated[list[int], Field(min_length=2), AfterValidator(distinct_seeds), Tag("list")]
+                     | Annotated[SeedRange, Tag("range")],
+                     Discriminator(lambda value: "range" if isinstance(value, dict | SeedRange) else "list")]
+    # the comparison adaptive confirmation decides: [searched method, control]; default: the first method
+    # against vanilla_repeat (vanilla when the study has no vanilla_repeat)
+    primary: tuple[Method, Method] | None = None
+    # adaptive confirmation starts no round that would end after this many minutes of confirmation
+    budget_minutes: float | None = Field(None, gt=0)
 
 
 class Verdicts(Strict):
@@ -173,6 +197,23 @@ class StudySpec(RunSettings):
         return name
 
     @model_validator(mode="after")
+    def _adaptive_has_a_primary(self) -> StudySpec:
+        if not self.adaptive:
+            return self
+        if self.primary is None:
+            raise ValueError("rerun_best.seeds is a range, which confirms one comparison adaptively: add "
+                             "vanilla_repeat (or vanilla) to baselines, or name rerun_best.primary: [method, control]")
+        subject, control = self.primary
+        if subject not in self.methods or control not in self.baselines:
+            raise ValueError(f"rerun_best.primary is [{subject}, {control}]: give one of methods "
+                             f"({', '.join(self.methods)}) and one of baselines ({', '.join(self.baselines) or 'none'})")
+        overlap = sorted(set(self.seeds) & set(self.confirmation_seeds))
+        if overlap:
+            raise ValueError(f"rerun_best.seeds.start makes the confirmation use search seed {overlap[0]}: confirm "
+                             "on seeds that chose nothing")
+        return self
+
+    @model_validator(mode="after")
     def _one_metric(self) -> StudySpec:
         chooser = self.training.metric_for_best_model
         if chooser is not None and chooser != self.metric:
@@ -221,9 +262,36 @@ class StudySpec(RunSettings):
 
     @property
     def verdict_seeds(self) -> list[int]:
-        """The seeds the verdicts pair on: ``rerun_best.seeds`` when the study re-runs its best settings, else
-        ``seeds``. The fixed baselines (the controls) run on these."""
+        """The seeds the verdicts pair on: ``rerun_best.seeds`` when the study re-runs its best settings (the
+        first ``min`` of an adaptive range), else ``seeds``. The fixed baselines (the controls) run on these."""
+        if self.adaptive:
+            return self.confirmation_seeds[:self.adaptive.min]
         return self.rerun_best.seeds if self.rerun_best else self.seeds
+
+    @property
+    def adaptive(self) -> SeedRange | None:
+        """The adaptive confirmation's seed range, if the study confirms adaptively."""
+        seeds = self.rerun_best.seeds if self.rerun_best else None
+        return seeds if isinstance(seeds, SeedRange) else None
+
+    @property
+    def confirmation_seeds(self) -> list[int]:
+        """Every seed adaptive confirmation may use, in the order it adds them."""
+        start = self.adaptive.start if self.adaptive.start is not None else max(self.seeds) + 1
+        return list(range(start, start + self.adaptive.max))
+
+    @property
+    def round_seeds(self) -> int:
+        """Seeds an adaptive round adds: two trials a seed, as many as run at once."""
+        return self.adaptive.round or max(1, self.max_concurrent_trials // 2)
+
+    @property
+    def primary(self) -> tuple[Method, Method] | None:
+        """The comparison adaptive confirmation decides, (searched method, control)."""
+        if self.rerun_best and self.rerun_best.primary:
+            return self.rerun_best.primary
+        control = next((c for c in (Method.VANILLA_REPEAT, Method.VANILLA) if c in self.baselines), None)
+        return (self.methods[0], control) if control else None
 
     @property
     def fixed_baselines(self) -> list[Method]:

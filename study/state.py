@@ -2,7 +2,8 @@
 whether it has finished. Phase names are made and read here only.
 
 Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase name>``:
-``baselines``; ``search-<method>`` per searched method; ``rerun-<method>`` per re-run best setting.
+``baselines``; ``search-<method>`` per searched method; ``rerun-<method>`` per re-run best setting; with
+adaptive confirmation, ``confirm-<round>`` per round after the first (the re-runs are round 1).
 """
 
 from __future__ import annotations
@@ -23,15 +24,27 @@ class PhaseKind(StrEnum):
     BASELINES = "baselines"  # each baseline method once per seed, base settings
     SEARCH = "search"  # a method's search over the space
     RERUN = "rerun"  # a method's best setting again over the re-run seeds
+    CONFIRM = "confirm"  # a round of adaptive confirmation: the primary comparison's two methods on more seeds
+
+
+class StopReason(StrEnum):
+    """Why adaptive confirmation added no more seeds."""
+
+    DECIDED = "decided"
+    MAX_SEEDS = "max seeds"
+    BUDGET = "time budget"
 
 
 @dataclass(frozen=True)
 class Phase:
     kind: PhaseKind
-    method: Method | None = None  # None for the baselines
+    method: Method | None = None  # None for the baselines and confirmation rounds
+    round: int | None = None  # a confirmation round's number (2, 3, …)
 
     @property
     def name(self) -> str:
+        if self.round is not None:
+            return f"{self.kind}-{self.round}"
         return str(self.kind) if self.method is None else f"{self.kind}-{self.method}"
 
     def __str__(self) -> str:
@@ -39,8 +52,10 @@ class Phase:
 
     @classmethod
     def parse(cls, name: str) -> Phase:
-        kind, _, method = name.partition("-")
-        return cls(PhaseKind(kind), Method(method) if method else None)
+        kind, _, rest = name.partition("-")
+        if PhaseKind(kind) is PhaseKind.CONFIRM:
+            return cls(PhaseKind.CONFIRM, round=int(rest))
+        return cls(PhaseKind(kind), Method(rest) if rest else None)
 
 
 BASELINES = Phase(PhaseKind.BASELINES)
@@ -54,12 +69,22 @@ def rerun(method: str) -> Phase:
     return Phase(PhaseKind.RERUN, Method(method))
 
 
+def confirm(round_number: int) -> Phase:
+    return Phase(PhaseKind.CONFIRM, round=round_number)
+
+
+def is_confirmation(name: str) -> bool:
+    """Whether a phase name is an adaptive confirmation round's."""
+    return name.partition("-")[0] == PhaseKind.CONFIRM
+
 @dataclass(frozen=True)
 class PhaseRecord:
-    """How an ended phase went: its failed trials and, for a search, the searched values it found best."""
+    """How an ended phase went: its failed trials, for a search the searched values it found best, and its
+    wall seconds in the run that ended it."""
 
     failed: int
     best: dict | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,7 @@ class StudyState:
     # the best validation score at or below which (above, for a loss) a run failed, fixed when the study began;
     # None: no failure rule (or a study begun before selfd counted failed runs)
     failure_threshold: float | None = None
+    stopped: StopReason | None = None  # why adaptive confirmation ended
 
     def ended(self, phase: Phase) -> PhaseRecord | None:
         return self.phases.get(phase.name)
@@ -80,12 +106,17 @@ class StudyState:
         return replace(self, phases={**self.phases, phase.name: record})
 
     @property
+    def seconds(self) -> float:
+        """Wall seconds of the ended phases."""
+        return sum(record.seconds for record in self.phases.values())
+
+    @property
     def failed_trials(self) -> int:
         return sum(record.failed for record in self.phases.values())
 
     def write(self, study_dir: Path) -> None:
         data = {"name": self.name, **asdict(self.tracking), "finished": self.finished, "resumed": self.resumed,
-                "failure_threshold": self.failure_threshold, "phases": {name: asdict(record) for name, record in self.phases.items()}}
+                "failure_threshold": self.failure_threshold, "stopped": self.stopped, "phases": {name: asdict(record) for name, record in self.phases.items()}}
         path = Path(study_dir) / STUDY_FILE
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(data, indent=2))
@@ -101,7 +132,8 @@ class StudyState:
             return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
                        {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
                        bool(data.get("finished")), int(data.get("resumed", 0)),
-                       _optional_float(data.get("failure_threshold")))
+                       _optional_float(data.get("failure_threshold")),
+                       StopReason(data["stopped"]) if data.get("stopped") else None)
         except (ValueError, KeyError, TypeError, AttributeError) as error:  # not written by selfd, or edited
             raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); selfd writes it "
                               "whole or not at all, so it was edited or is another program's file") from None

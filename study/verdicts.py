@@ -146,6 +146,8 @@ class Verdict:
     failures_p_value: float = math.nan  # exact McNemar test on those discordant pairs
     plan: Plan | None = None  # for a verdict that is not decisive
     reason: str = ""  # why there is no verdict
+    evalue: float = math.nan  # adaptive confirmation: the anytime-valid rule's two-sided e-value (1/LEVEL decides)
+    stopped: str = ""  # adaptive confirmation: why it added no more seeds ("" while it goes on, or fixed seeds)
 
     @property
     def n(self) -> int:
@@ -167,9 +169,15 @@ class Verdict:
         if self.word is Word.NO_VERDICT:
             return f"{self.subject} vs {self.control}: no verdict ({self.reason})"
         f = f"+.{digits}f"
-        text = (f"{self.subject} vs {self.control}: {self.word} — difference {self.difference:{f}} "
-                f"[{self.low:{f}}, {self.high:{f}}] over {self.n} paired seeds, sign-flip p = {self.p_value:.3f}, "
-                f"better on {self.improvement:.0%} of seeds")
+        if math.isnan(self.evalue):
+            text = (f"{self.subject} vs {self.control}: {self.word} — difference {self.difference:{f}} "
+                    f"[{self.low:{f}}, {self.high:{f}}] over {self.n} paired seeds, sign-flip p = {self.p_value:.3f}, "
+                    f"better on {self.improvement:.0%} of seeds")
+        else:
+            text = (f"{self.subject} vs {self.control}: {self.word} after {self.n} paired seeds (adaptive"
+                    + (f", stopped: {self.stopped}" if self.stopped else "") + f") — difference "
+                    f"{self.difference:{f}} [{self.low:{f}}, {self.high:{f}}], e-value {self.evalue:.2f} "
+                    f"({1 / LEVEL:g} decides), better on {self.improvement:.0%} of seeds")
         if self.subject_only_failed is not None and self.subject_only_failed + self.control_only_failed:
             text += (f"; failed alone {self.subject_only_failed} vs {self.control_only_failed} "
                      f"(McNemar p = {self.failures_p_value:.3f})")
@@ -192,11 +200,13 @@ def method_text(scores: str, margin: float | None) -> str:
 def compare(subject: str, subject_scores: dict[int, float], control: str, control_scores: dict[int, float],
             mode: str = "max", margin: float | None = None, bounds: tuple[float, float] = (-math.inf, math.inf),
             subject_failed: dict[int, bool] | None = None, control_failed: dict[int, bool] | None = None,
-            detect: float | None = None) -> Verdict:
+            detect: float | None = None, adaptive: bool = False, stopped: str = "") -> Verdict:
     """The paired verdict of ``subject`` against ``control`` (scores by seed). ``mode``: the metric's direction
     (``max``: higher is better); ``margin``: equivalence margin; ``bounds``: the metric's range; ``*_failed``:
     which runs failed, by seed, when the study has a failure rule. An undecided verdict plans the seeds that
-    would detect the difference it saw; with ``detect``, every verdict plans for that difference."""
+    would detect the difference it saw; with ``detect``, every verdict plans for that difference. ``adaptive``:
+    the seeds came in rounds until the anytime-valid rule decided (``decide_anytime``, seeds in the order they
+    were added, which is theirs) or the confirmation ``stopped`` for another reason: then *undetermined*."""
     from scipy.stats import binomtest
 
     seeds = tuple(sorted(set(subject_scores) & set(control_scores)))
@@ -213,6 +223,11 @@ def compare(subject: str, subject_scores: dict[int, float], control: str, contro
             "run more seeds"))
     sign = 1 if mode == "max" else -1
     word, p_value = decide(d, sign, margin)
+    evalue = math.nan
+    if adaptive:
+        word, evalue = decide_anytime(d, sign, margin)
+        if not word.decisive and stopped:
+            word = Word.UNDETERMINED
     widest = bounds[1] - bounds[0]
     low, high = shift_interval(d, 1 - LEVEL, (-widest, widest))
     failures = {}
@@ -227,7 +242,7 @@ def compare(subject: str, subject_scores: dict[int, float], control: str, contro
     if detect is not None or not word.decisive:
         planned = plan_seeds(d, abs(float(d.mean())) if detect is None else detect, margin, flags, a, b)
     return Verdict(subject, control, seeds, word, float(d.mean()), low, high, p_value, margin, improvement,
-                   plan=planned, **failures)
+                   plan=planned, evalue=evalue, stopped=stopped, **failures)
 
 
 def decide(differences, sign: int = 1, margin: float | None = None):

@@ -345,3 +345,41 @@ def test_choices_are_blind_to_the_test_labels(grid_study, tmp_path):
     # the search's own choice (recorded when its phase ended, from validation) is the one compared
     assert [s.setting for s in selections(table, spec, state) if s.method == "static"] == [
         state.ended(search("static")).best]
+
+
+def test_adaptive_confirmation_adds_rounds_until_max_seeds_and_says_undetermined(local_ray, tmp_path, capsys):
+    """rerun_best.seeds as a range: 3 seeds, then a seed a round to the primary comparison's two methods; with 5
+    seeds at most the anytime-valid rule cannot decide (its e-value stays below 20), so it stops at max seeds."""
+    from study.runner import _confirmation_stop
+    from study.spec import StudySpec
+    from study.state import StopReason, StudyState
+
+    spec = {**TINY, "name": "adaptive", "methods": ["static"], "baselines": ["vanilla_repeat"], "seeds": [0],
+            "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+            "rerun_best": {"seeds": {"min": 3, "max": 5, "round": 1}}}
+    study_dir = tmp_path / "study"
+    assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
+    out, err = capsys.readouterr()
+    state = StudyState.read(study_dir)
+    assert state.stopped is StopReason.MAX_SEEDS
+    assert [name for name in state.phases] == ["baselines", "search-static", "rerun-static", "confirm-2", "confirm-3"]
+    progress = [line for line in err.splitlines() if line.startswith("progress: ")]
+    assert progress[0].startswith("progress: 1/8 (up to 12) trials") and progress[-1].startswith("progress: 12/12")
+    assert progress[-1].endswith("done")
+    _, _, _, children = study_runs(study_dir)
+    rounds = [c for c in children if c.data.tags["selfd.phase"].startswith("confirm-")]
+    chosen = json.loads((study_dir / "study.json").read_text())["phases"]["search-static"]["best"]["distill.alpha"]
+    assert sorted((c.data.params["method"], c.data.params["training.seed"]) for c in rounds) == [
+        ("static", "4"), ("static", "5"), ("vanilla_repeat", "4"), ("vanilla_repeat", "5")]
+    assert {float(c.data.params["distill.alpha"]) for c in rounds if c.data.params["method"] == "static"} == {chosen}
+    verdicts = json.loads((study_dir / "report" / "verdicts.json").read_text())
+    primary = verdicts[0]
+    assert (primary["subject"], primary["control"], primary["word"]) == ("static", "vanilla_repeat", "undetermined")
+    assert primary["seeds"] == [1, 2, 3, 4, 5] and primary["stopped"] == "max seeds" and primary["evalue"] < 20
+    assert "verdict: static vs vanilla_repeat: undetermined after 5 paired seeds (adaptive, stopped: max seeds)" in out
+    # a time budget the next round would overrun stops confirmation before it
+    budgeted = StudySpec.model_validate({**yaml.safe_load((study_dir / "spec.yaml").read_text()),
+                                         "rerun_best": {"seeds": {"min": 3, "max": 9, "round": 1},
+                                                        "budget_minutes": state.seconds / 60 + 0.001}})
+    assert _confirmation_stop(budgeted, study_dir, state, 4) is StopReason.BUDGET
