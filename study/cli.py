@@ -170,7 +170,10 @@ def _validate(args) -> int:
     print(f"{args.spec}: valid study '{spec.name}': {spec.search_trials()} search trials "
           f"({spec.search.algorithm}, {', '.join(spec.searched)}), "
           f"{spec.baseline_trials} baseline trials"
-          + (f", {len(spec.searched) * len(spec.rerun_best.seeds)} re-run trials" if spec.rerun_best else ""))
+          + (f", {len(spec.searched) * len(spec.verdict_seeds)} re-run trials" if spec.rerun_best else "")
+          + (f", then up to {2 * (len(spec.confirmation_seeds) - len(spec.verdict_seeds))} confirmation trials in "
+             f"rounds of {spec.round_seeds} seed{'s' * (spec.round_seeds > 1)} ({' vs '.join(spec.primary)})"
+             if spec.adaptive else ""))
     return 0
 
 

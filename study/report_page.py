@@ -106,7 +106,11 @@ def _summary(spec, table: pd.DataFrame, headlines: list[str], parent_run) -> str
          f"every {spec.training.eval_every} {'steps' if isinstance(spec.training.eval_every, int) else 'epoch'} and "
          "at each epoch's end"),
         ("Seeds", ", ".join(map(str, spec.seeds)) if not spec.rerun_best else
-         f"search {', '.join(map(str, spec.seeds))}; re-runs and baselines {', '.join(map(str, spec.verdict_seeds))}"),
+         f"search {', '.join(map(str, spec.seeds))}; re-runs and baselines {', '.join(map(str, spec.verdict_seeds))}"
+         + (f"; adaptive confirmation of {' vs '.join(spec.primary)} up to {len(spec.confirmation_seeds)} seeds "
+            f"({spec.confirmation_seeds[0]}–{spec.confirmation_seeds[-1]}), {spec.round_seeds} a round"
+            + (f", {spec.rerun_best.budget_minutes:g} min budget" if spec.rerun_best.budget_minutes else "")
+            if spec.adaptive else "")),
         ("Trials", f"{len(table)} ({counts})" if len(table) else "none recorded"),
         ("Started", _time(parent_run.info.start_time)),
         ("MLflow run", f"{parent_run.info.run_name} ({parent_run.info.run_id})"),

@@ -111,6 +111,7 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> PreparedData:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ctrl-C raises in the driver instead of Tune ending the phase as if it were done; `selfd resume` goes on
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    quiet_library_info()
     bounded_retries()
     check_reachable(uri)
     data = prepare_data(spec)  # before Ray: bad data or an unreachable hub asset ends the command here
@@ -118,6 +119,18 @@ def _prepare(spec: StudySpec, uri: str, address: str | None) -> PreparedData:
     connect_ray(address, spec)
     signals.stop_on_termination()  # again: ray.init replaced the handlers with its own
     return data
+
+
+def quiet_library_info() -> None:
+    """The terminal shows selfd's lines: Tune's per-experiment boxes and TensorBoard hint (its new output engine;
+    with ``verbose=0`` the classic one prints nothing), Optuna's and MLflow's INFO lines go; warnings and errors
+    stay. (Trials quiet Ray Train's checkpoint lines themselves: trainables.tune_trial.)"""
+    import optuna
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size: int) -> None:

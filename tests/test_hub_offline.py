@@ -30,7 +30,7 @@ SIZES = {"fig3_rte.yaml": ["task.max_length=48"], "fig3_boolq.yaml": ["task.max_
          "nlg_llama.yaml": ["task.max_length=96", "task.max_target_length=16", "task.train_subset=32",
                             "task.validation_subset=16"]}  # strategyqa_gen is packaged: 2,290 examples
 ONE_CELL = ["--override", "search.space.distill.tau.values=[2.0]", "--override",
-            "search.space.distill.alpha.values=[1.0]", "--override", "seeds=[0]"]
+            "search.space.distill.alpha.values=[1.0]", "--override", "seeds=[0]", "--override", "rerun_best=null"]
 
 
 @pytest.fixture(scope="module")

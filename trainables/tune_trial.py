@@ -8,6 +8,7 @@ many CPU threads as the trial holds CPUs; with a GPU in its resources it trains 
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -50,6 +51,8 @@ class TuneReporter(Reporter):
 
 def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: TrialTracking) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no tokenizer threads beside the trial's own
+    # Ray forwards this process's log lines to the driver's terminal: its INFO line per checkpoint is not news
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     bounded_retries()
     values = dict(config)
     method = values.pop("method")
