@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="how many paired seeds would decide each of a study's verdicts, and "
                                "the trial-hours they take")
     plan.add_argument("study_dir", metavar="STUDY_DIR")
-    plan.add_argument("--detect", type=_difference, metavar="D",
+    plan.add_argument("--detect", type=float, metavar="D",
                       help="plan every comparison to detect this difference (default: the one each undecided "
                            "verdict saw)")
     plan.set_defaults(handler=_plan)
@@ -326,6 +326,8 @@ def _plan(args) -> int:
     from study.comparison import seed_plans
     from study.report import read_results
 
+    if args.detect is not None and not (math.isfinite(args.detect) and args.detect > 0):
+        raise ConfigError(f"--detect {args.detect:g} is not a positive difference (e.g. 0.02 for two points)")
     spec, state, _, chosen = read_results(Path(args.study_dir))
     plans = seed_plans(chosen, spec, args.detect, state.stopped)
     for plan in plans:
@@ -333,13 +335,6 @@ def _plan(args) -> int:
     if not plans:
         print("nothing to plan: no two methods ran on shared seeds")
     return 0
-
-
-def _difference(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive difference (e.g. 0.02 for two points)")
-    return value
 
 
 def _write_report(study_dir: Path) -> None:
@@ -461,9 +456,12 @@ class ConsoleReporter:
         self.last = (now, step)
         line = f"step {step:5d}  epoch {metrics['epoch']}  loss {metrics['loss']:.4f}  ce {metrics['ce']:.4f}"
         if "kd" in metrics:
-            line += (f"  kd {metrics['kd']:.4f}  α {metrics['alpha_mean']:.2f} [{metrics['alpha_min']:.2f}, "
-                     f"{metrics['alpha_max']:.2f}]  τ {metrics['tau_mean']:.2f} [{metrics['tau_min']:.2f}, "
-                     f"{metrics['tau_max']:.2f}]  wrong teachers {metrics['wrong_teachers']:.0%}")
+            from trainables.losses import Extreme
+
+            mean, low, high = ({name: metrics[part.of(name)] for name in ("alpha", "tau")} for part in Extreme)
+            line += (f"  kd {metrics['kd']:.4f}  α {mean['alpha']:.2f} [{low['alpha']:.2f}, {high['alpha']:.2f}]  "
+                     f"τ {mean['tau']:.2f} [{low['tau']:.2f}, {high['tau']:.2f}]  "
+                     f"wrong teachers {metrics['wrong_teachers']:.0%}")
         print(f"{line}  {per_step:.2f} s/step", file=sys.stderr, flush=True)
 
     def log_evaluation(self, evaluation: int, metrics: dict[str, float], save_checkpoint=None) -> None:

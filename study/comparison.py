@@ -77,7 +77,7 @@ def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[
         search = scored[scored.phase == phases.search(method).name]
         reruns = scored[scored.phase == phases.rerun(method).name]
         record = state.ended(phases.search(method))
-        setting = record.best if record and record.best else _best_on_validation(search, spec, method)
+        setting = record.best if record and record.best else chosen_setting(search, spec, method)
         if setting is None:
             continue
         if len(reruns):
@@ -179,12 +179,16 @@ def label(field: str) -> str:
     return {"distill.tau": "τ", "distill.alpha": "α", "training.learning_rate": "learning rate"}.get(field, field)
 
 
-def _best_on_validation(search: pd.DataFrame, spec: StudySpec, method: str) -> dict | None:
-    """The searched values whose trials have the best mean validation score (a study without a recorded choice)."""
+def chosen_setting(rows: pd.DataFrame, spec: StudySpec, method: str) -> dict | None:
+    """The searched values of ``method`` that validation chooses from its search's trials (``rows``: one per
+    trial, its searched values and ``spec.metric.best``): the best mean over seeds (a grid's cell), or the best
+    trial (a TPE or random search, one seed). The runner chooses with it during the study; the report reads the
+    choice it recorded."""
     names = list(spec.space_for(method))
-    if search.empty:
+    rows = rows[rows[spec.metric.best].notna()]
+    if rows.empty:
         return None
-    means = search.groupby(names)[spec.metric.best].mean()
+    means = rows.groupby(names, sort=False)[spec.metric.best].mean()
     best = means.idxmax() if spec.mode == "max" else means.idxmin()
     return dict(zip(names, best if isinstance(best, tuple) else (best,)))
 

@@ -31,6 +31,8 @@ from study.report_page import write_page  # noqa: E402
 from study.verdicts import Outcomes, Verdict, method_text  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from study.state import StudyState  # noqa: E402
+from study.tracking import FINISHED  # noqa: E402
+from trainables.losses import Extreme  # noqa: E402
 from trainables.mlflow_run import PHASE_TAG  # noqa: E402
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
@@ -51,9 +53,10 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     table.to_csv(out / "results.csv", index=False)
 
     judged = verdicts(chosen, spec, stopped=state.stopped)
+    settings = {selection.method: selection.setting for selection in chosen}
     heatmaps = [data for method in spec.methods for x, y in spec.heatmap_axes
-                if spec.search.algorithm == "grid" and x != y
-                and (data := heatmap(table, spec, method, x, y, judged, out / "heatmaps"))]
+                if spec.search.algorithm == "grid" and x != y and method in settings
+                and (data := heatmap(table, spec, method, x, y, settings[method], judged, out / "heatmaps"))]
     parallel_coordinates(table, spec, out / "trials")
     traces = grad_norm_figure(client, table, spec, out / "grad_norms")
     dynamics_figure(client, table, spec, out / "dynamics")
@@ -132,8 +135,8 @@ def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> p
 COST_COLUMNS = {"steps": "step", "samples": "samples", "train_seconds": "train_seconds", "seconds": "seconds"}
 
 
-def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, judged: list[Verdict],
-            folder: Path) -> dict | None:
+def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, setting: dict,
+            judged: list[Verdict], folder: Path) -> dict | None:
     """Test score (mean ± std over seeds, and failed runs when the cell ran several) per (x, y) cell; the cell
     validation chose boxed; its verdicts in the title."""
     rows = table[(table.phase == phases.search(method).name) & table[spec.metric.best].notna()]
@@ -153,8 +156,7 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, j
                           "validation_mean": sum(validation) / len(validation) if validation else None,
                           "mean": None if test.n == 0 else test.mean, "std": 0.0 if test.n < 2 else test.std,
                           "median": test.median, "min": test.min, "max": test.max, "failed": test.failed})
-    scored = [c for c in cells if c["validation_mean"] is not None]
-    best = (max if spec.mode == "max" else min)(scored, key=lambda c: c["validation_mean"])
+    best = next(c for c in cells if math.isclose(c["x"], setting[x]) and math.isclose(c["y"], setting[y]))
     seeds = sorted(set(rows.seed))
     mine = [v for v in judged if v.subject == method]
 
@@ -229,7 +231,7 @@ def grad_norm_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec,
     """Per-layer log10 mean |grad| over steps, vanilla beside dynamic (the DynSDPB paper's Figures 2/4/5)."""
     panels = []
     for method in REFERENCE_METHODS:
-        candidates = table[(table.method == method) & (table.status == "FINISHED")]
+        candidates = table[(table.method == method) & (table.status == FINISHED)]
         candidates = candidates.sort_values(["phase", "seed"],
                                             key=lambda c: c != phases.BASELINES.name if c.name == "phase" else c)
         if len(candidates):
@@ -271,15 +273,16 @@ def dynamics_figure(client: MlflowClient, table: pd.DataFrame, spec: StudySpec, 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
     for ax, name, symbol in zip(axes[0], ("alpha", "tau"), ("α", "τ")):
         for _, row in trials.iterrows():
-            history = {part: sorted(client.get_metric_history(row.run_id, f"{name}_{part}"), key=lambda m: m.step)
-                       for part in ("mean", "min", "max")}
-            if not history["mean"]:
+            history = {part: sorted(client.get_metric_history(row.run_id, part.of(name)), key=lambda m: m.step)
+                       for part in Extreme}
+            if not history[Extreme.MEAN]:
                 continue
-            steps = [m.step for m in history["mean"]]
-            line, = ax.plot(steps, [m.value for m in history["mean"]], label=_triallabel(row, spec))
-            if len(history["min"]) == len(steps) == len(history["max"]):
-                ax.fill_between(steps, [m.value for m in history["min"]], [m.value for m in history["max"]],
-                                color=line.get_color(), alpha=0.15, linewidth=0)
+            steps = [m.step for m in history[Extreme.MEAN]]
+            line, = ax.plot(steps, [m.value for m in history[Extreme.MEAN]], label=_triallabel(row, spec))
+            if len(history[Extreme.MIN]) == len(steps) == len(history[Extreme.MAX]):
+                ax.fill_between(steps, [m.value for m in history[Extreme.MIN]],
+                                [m.value for m in history[Extreme.MAX]], color=line.get_color(), alpha=0.15,
+                                linewidth=0)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{symbol} per sample")
         ax.set_title(f"DynSDPB {symbol} over training")
@@ -306,7 +309,6 @@ def _triallabel(row: pd.Series, spec: StudySpec) -> str:
 def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dict:
     """Optuna's parameter importances of the searched fields, per method (TPE and random searches)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     if spec.search.algorithm == "grid" or len(spec.search.space) < 2:
         return {}
@@ -316,8 +318,7 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
         rows = table[(table.phase == phases.search(method).name) & table[score].notna()]
         if len(rows) < 3:
             continue
-        distributions = {name: CategoricalDistribution(d.values) if d.values is not None
-                         else FloatDistribution(d.low, d.high, log=d.log) for name, d in spec.search.space.items()}
+        distributions = {name: d.distribution() for name, d in spec.search.space.items()}
         study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
         study.add_trials([optuna.trial.create_trial(params={n: row[n] for n in distributions},
                                                     distributions=distributions, value=row[score])

@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +37,8 @@ from study.progress import StudyProgress
 from study import signals
 from study.spec import StudySpec, check_scheduler
 from study.state import Phase, PhaseKind, PhaseRecord, StopReason, StudyState
-from study.tracking import Tracking, TrialStatus, check_reachable, experiment_id, send_unsent, tracking_uri
+from study.tracking import (FINISHED, KILLED, Tracking, TrialStatus, check_reachable, experiment_id, send_unsent,
+                            tracking_uri)
 from trainables.errors import ConfigError
 from trainables.mlflow_run import TRACKING_ERRORS, bounded_retries
 from trainables.schema import flatten, with_values
@@ -160,7 +160,7 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
             _confirm(spec, study_dir, tracking, progress, best)
     except BaseException:
         with contextlib.suppress(*TRACKING_ERRORS):
-            client.set_terminated(tracking.parent_run_id, "KILLED")
+            client.set_terminated(tracking.parent_run_id, KILLED)
         raise
     state = replace(StudyState.read(study_dir), finished=True)
     state.write(study_dir)
@@ -185,7 +185,7 @@ def end_parent(state: StudyState) -> None:
     client = MlflowClient(state.tracking.tracking_uri)
     # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
     client.set_tag(state.tracking.parent_run_id, "selfd.failed_trials", str(state.failed_trials))
-    client.set_terminated(state.tracking.parent_run_id, "FINISHED")
+    client.set_terminated(state.tracking.parent_run_id, FINISHED)
 
 
 def planned_phases(spec: StudySpec) -> list[Phase]:
@@ -350,21 +350,15 @@ def _searches(spec: StudySpec, train_size: int) -> dict[str, Search]:
     running trial counts as a poor result, so parallel trials spread out) after a third of its trials drew at
     random; ASHA counts evaluations (``training.eval_every``), up to the most a trial of the method reports."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     search = spec.search
     searches = {}
     for method in spec.searched:
-        space = {"method": CategoricalDistribution([str(method)])}  # plain strings in Optuna and Tune
-        for name, dimension in spec.space_for(method).items():
-            if dimension.values is not None:
-                space[name] = CategoricalDistribution(dimension.values)
-            elif dimension.integer:
-                space[name] = IntDistribution(int(dimension.low), int(dimension.high), log=dimension.log)
-            else:
-                space[name] = FloatDistribution(dimension.low, dimension.high, log=dimension.log)
+        space = {"method": CategoricalDistribution([str(method)]),  # plain strings in Optuna and Tune
+                 **{name: dimension.distribution() for name, dimension in spec.space_for(method).items()}}
         if search.algorithm == "grid":
             space["training.seed"] = CategoricalDistribution(spec.seeds)
             grid = {name: list(d.choices) for name, d in space.items()}
@@ -439,20 +433,27 @@ def _tuner(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: Study
 
 
 def best_setting(results, spec: StudySpec, method: str) -> dict | None:
-    """``method``'s searched values with the best validation metric: mean over seeds for a grid, best trial
-    otherwise."""
-    scores: dict[tuple, list[float]] = {}
+    """``method``'s searched values that validation chose (study.comparison.chosen_setting) from a search
+    phase's Tune results: each trial's searched values and best validation score."""
+    import pandas as pd
+
+    from study.comparison import chosen_setting
+
+    rows = []
     for result in results:
         if result.metrics_dataframe is None or spec.metric not in result.metrics_dataframe:
-            continue
+            continue  # failed before its first evaluation
         history = result.metrics_dataframe[spec.metric]
-        value = history.max() if spec.mode == "max" else history.min()
-        key = tuple((name, result.config[name]) for name in spec.space_for(method))
-        scores.setdefault(key, []).append(float(value))
-    if not scores:
+        rows.append({**{name: result.config[name] for name in spec.space_for(method)},
+                     spec.metric.best: history.max() if spec.mode == "max" else history.min()})
+    if not rows:
         return None
-    pick = max if spec.mode == "max" else min
-    return dict(pick(scores, key=lambda k: statistics.mean(scores[k])))
+    return {name: _plain(value) for name, value in chosen_setting(pd.DataFrame(rows), spec, method).items()}
+
+
+def _plain(value):
+    """A numpy scalar as the Python number it holds (study.json is JSON)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _version() -> str:

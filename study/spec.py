@@ -22,7 +22,7 @@ from trainables.config import RunConfig, RunSettings, parse_config
 from trainables.errors import ConfigError
 from trainables.methods import METHODS, Method
 from trainables.metrics import Metric
-from trainables.schema import Strict, apply_overrides, read_yaml, validated
+from trainables.schema import Strict, apply_overrides, read_yaml, union_tag, validated
 from trainables.task_kinds import reported_metrics
 from trainables.task_kinds import check_offline as check_run_offline
 
@@ -49,6 +49,16 @@ class Dimension(Strict):
     high: float | None = None
     log: bool = False
     integer: bool = False
+
+    def distribution(self):
+        """This dimension as the Optuna distribution that samples it (the search and the importances)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.values is not None:
+            return CategoricalDistribution(self.values)
+        if self.integer:
+            return IntDistribution(int(self.low), int(self.high), log=self.log)
+        return FloatDistribution(self.low, self.high, log=self.log)
 
     @model_validator(mode="after")
     def _values_or_range(self) -> Dimension:
@@ -137,9 +147,9 @@ class Rerun(Strict):
     baselines run on them too. Seeds apart from the search's give test scores that chose nothing. A range
     (``{min: 4, max: 24}``) confirms adaptively (SeedRange)."""
 
-    seeds: Annotated[Annotated[list[int], Field(min_length=2), AfterValidator(distinct_seeds), Tag("list")]
-                     | Annotated[SeedRange, Tag("range")],
-                     Discriminator(lambda value: "range" if isinstance(value, dict | SeedRange) else "list")]
+    seeds: Annotated[Annotated[list[int], Field(min_length=2), AfterValidator(distinct_seeds), Tag(union_tag("list"))]
+                     | Annotated[SeedRange, Tag(union_tag("range"))],
+                     Discriminator(lambda value: union_tag("range" if isinstance(value, dict | SeedRange) else "list"))]
     # the comparison adaptive confirmation decides: [searched method, control]; default: the first method
     # against vanilla_repeat (vanilla when the study has no vanilla_repeat)
     primary: tuple[Method, Method] | None = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray import tune
 
 from study.spec import LOGIN_IN_URI
@@ -30,6 +30,9 @@ from trainables.mlflow_run import (BATCH_LIMIT, TRACKING_ERRORS, UNSENT_DIR, Tri
                                    keep_unsent)
 
 log = logging.getLogger(__name__)
+
+# how a run ended, as MLflow spells it (run statuses are strings in its API)
+FINISHED, KILLED, FAILED = map(RunStatus.to_string, (RunStatus.FINISHED, RunStatus.KILLED, RunStatus.FAILED))
 
 
 @dataclass(frozen=True)
@@ -132,15 +135,15 @@ class TrialStatus(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         if last.get("step", 0) < last.get("total_steps", 0):  # it ended before its last step: ASHA stopped it
-            self._end(trial, "KILLED", {"selfd.stopped_early": (
+            self._end(trial, KILLED, {"selfd.stopped_early": (
                 f"ASHA stopped it after evaluation {last.get('training_iteration')} (step {last['step']} of "
                 f"{last['total_steps']}, epoch {last.get('trained_epochs', 0):g})")})
         else:
-            self._end(trial, "FINISHED", {})
+            self._end(trial, FINISHED, {})
         self.ended.append(trial.path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, "FAILED", {"selfd.failure": failure_reason(trial)[:500]})
+        self._end(trial, FAILED, {"selfd.failure": failure_reason(trial)[:500]})
 
 
 def failure_reason(trial) -> str:

@@ -135,6 +135,10 @@ def test_shipped_specs_are_valid_and_run_the_matched_control(name):
     assert spec.name == name.removesuffix(".yaml")
     # vanilla_repeat makes the DLB methods' steps on their batches with α = 0: what distillation is judged against
     assert "vanilla_repeat" in spec.baselines
+    # a spec that can reach a verdict confirms on seeds that chose nothing: the chosen cell's own luck stays out
+    if spec.rerun_best or len(spec.seeds) >= 3:
+        assert spec.rerun_best and not set(spec.seeds) & set(spec.confirmation_seeds if spec.adaptive
+                                                             else spec.verdict_seeds), name
 
 
 def test_controls_run_on_the_seeds_the_verdicts_compare(capsys):
@@ -150,7 +154,8 @@ def test_controls_run_on_the_seeds_the_verdicts_compare(capsys):
     assert main(["validate", str(SPECS / "fig3_rte_cpu.yaml")]) == 0
     without, with_reruns = capsys.readouterr().out.splitlines()
     assert without.endswith("9 search trials (grid, static), 3 baseline trials")
-    assert with_reruns.endswith("9 search trials (grid, static), 12 baseline trials, 4 re-run trials")
+    assert with_reruns.endswith("9 search trials (grid, static), 12 baseline trials, 4 re-run trials, then up to 40 "
+                                "confirmation trials in rounds of 1 seed (static vs vanilla_repeat)")
 
 
 def test_tracking_uri_from_the_spec_then_mlflows_environment_then_the_study_dir(tmp_path, monkeypatch):

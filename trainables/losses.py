@@ -12,6 +12,7 @@ loop.
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,25 @@ RULES = {Rule.DYNSDPB: dynsdpb}
 """Dynamic rules, selectable with ``distill.rule`` for the ``dynamic`` method."""
 
 
+class Extreme(StrEnum):
+    """The statistics of per-sample values a step logs (α and τ): ``alpha_mean``, ``alpha_min``, ``alpha_max``;
+    over a logging window the mean of means, the least minimum and the largest maximum."""
+
+    MEAN = "mean"
+    MIN = "min"
+    MAX = "max"
+
+    def of(self, name: str) -> str:
+        """The logged metric's name: ``Extreme.MIN.of("tau")`` is ``tau_min``."""
+        return f"{name}_{self.value}"
+
+    @classmethod
+    def reducer(cls, metric: str):
+        """How a logging window reduces ``metric``'s per-step values."""
+        return {f"_{cls.MIN}": torch.min, f"_{cls.MAX}": torch.max}.get(metric[-4:], torch.mean)
+
+
 def extremes(name: str, values: Tensor) -> dict[str, Tensor]:
-    """``{name}_mean``, ``{name}_min``, ``{name}_max`` of per-sample values (the logged α and τ statistics)."""
-    return {f"{name}_mean": values.mean(), f"{name}_min": values.min(), f"{name}_max": values.max()}
+    """The logged statistics (``Extreme``) of per-sample values."""
+    return {Extreme.MEAN.of(name): values.mean(), Extreme.MIN.of(name): values.min(),
+            Extreme.MAX.of(name): values.max()}

@@ -50,6 +50,7 @@ from trainables.config import ModelConfig, RunConfig
 from trainables.devices import mixed_precision, pick_device, use_cpu_threads
 from trainables.errors import TrainingDiverged
 from trainables.grad_norms import layer_groups, log10_grad_norms
+from trainables.losses import Extreme
 from trainables.methods import METHODS
 from trainables.models import check_frozen_layers, check_model_settings
 from trainables.task_kinds import TaskKind, check_combination, task_kind
@@ -304,9 +305,8 @@ class Window:
             self.values[name].append(value.detach().float())
 
     def flush(self) -> dict[str, float]:
-        reduce = {"_min": torch.min, "_max": torch.max}
         names = list(self.values)
         stacked = [torch.stack(self.values[n]) for n in names]
-        reduced = torch.stack([reduce.get(n[-4:], torch.mean)(v) for n, v in zip(names, stacked)]).tolist()
+        reduced = torch.stack([Extreme.reducer(n)(v) for n, v in zip(names, stacked)]).tolist()
         self.values.clear()
         return dict(zip(names, reduced))

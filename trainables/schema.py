@@ -140,10 +140,19 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
+# a union's member names in error locations (pydantic puts them there): a field is named without them
+UNION_TAG = "|"
+
+
+def union_tag(name: str) -> str:
+    """The tag of a union member of a field (``Tag(union_tag("range"))``), left out of error locations."""
+    return f"{UNION_TAG}{name}"
+
+
 def one_line(error: ValidationError) -> str:
     """The first problem pydantic found, as ``field.path: message``."""
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(UNION_TAG)) or "config"
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
