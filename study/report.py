@@ -176,7 +176,9 @@ def heatmap(table: pd.DataFrame, spec: StudySpec, method: str, x: str, y: str, s
         light = image.norm(cell["mean"]) > 0.6  # viridis is light at the top of its range: dark text there
         text = f"{cell['mean']:.3f}"
         if cell["n"] > 1:  # one seed: no spread, and its failure shows in its score
-            text += f"\n±{cell['std']:.3f}" + ("" if cell["failed"] is None else f"\nfailed {cell['failed']}/{cell['n']}")
+            text += f"\n±{cell['std']:.3f}"
+            if cell["failed"] is not None:
+                text += f"\nfailed {cell['failed']}/{cell['n']}"
         axes.text(j, i, text, ha="center", va="center", fontsize=8,
                   color="black" if light or cell is best else "white",
                   bbox=dict(facecolor="yellow", edgecolor="none", pad=1) if cell is best else None)

@@ -44,8 +44,9 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; font-size: 13px; }
 
 CAPTIONS = {
     "heatmaps": "Each cell is the {test} of that setting's trials (each at its best validation evaluation), "
-                "mean ± standard deviation over the seeds and the runs that failed; the red box marks the cell validation chose (best mean "
-                "validation {metric}), which need not be the best test cell. The title gives its verdicts.",
+                "mean ± standard deviation over the seeds and the runs that failed; the red box marks the cell "
+                "validation chose (best mean validation {metric}), which need not be the best test cell. The title "
+                "gives its verdicts.",
     "parallel": "One line per trial from its searched values to its {test} at its best validation evaluation; "
                 "colour follows the test score, dotted lines are baselines.",
     "grad-norms": "Mean absolute gradient of each layer at every probed optimizer step, for a vanilla trial and "
@@ -134,7 +135,8 @@ def _verdicts(judged: list, spec) -> str:
             "seeds", "seeds that would decide"]
     return (f"<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{rows}</table>"
             f'<p class="muted">Difference: mean over shared seeds of {_e(spec.metric.test)} of the first method '
-            f"minus the second's. {_e(method_text(spec.metric.test, spec.equivalence_margin))} Better on: the share of seeds where the first method "
+            f"minus the second's. {_e(method_text(spec.metric.test, spec.equivalence_margin))} "
+            "Better on: the share of seeds where the first method "
             "scored higher (ties half). Failed alone: paired runs where only one of the two failed, with an exact "
             "McNemar test. <i>Equivalent</i> means the difference is shown to lie within the margin; <i>not "
             "distinguishable</i> means these seeds cannot tell, not that the methods are the same.</p>")

@@ -6,11 +6,11 @@ SIGTERM); ``received`` tells which signal it was (Ray and Tune may re-raise the 
 ``ray.init`` installs its own SIGTERM handler (abseil's, which dumps stacks and aborts with exit code 134), so a
 driver calls ``stop_on_termination`` again once Ray is up.
 
-While a phase's Tune experiment runs (``tune_stops_itself``), a stop signal (Ctrl-C's SIGINT too) does not raise at once: it asks Tune to
-stop as its own SIGUSR1 does, which ends the trials and saves the experiment state one last time. Raised at an
-arbitrary point, the interrupt could land between a trial's newer checkpoint replacing its older one and Tune
-saving a state that names it; that trial would not resume. The phase raises once ``fit`` returns
-(``raise_if_stopped``). A second Ctrl-C skips Tune's stop.
+While a phase's Tune experiment runs (``tune_stops_itself``), a stop signal (Ctrl-C's SIGINT too) does not raise
+at once: it asks Tune to stop as its own SIGUSR1 does, which ends the trials and saves the experiment state one
+last time. Raised at an arbitrary point, the interrupt could land between a trial's newer checkpoint replacing
+its older one and Tune saving a state that names it; that trial would not resume. The phase raises once ``fit``
+returns (``raise_if_stopped``). A second Ctrl-C skips Tune's stop.
 """
 
 from __future__ import annotations

@@ -216,7 +216,8 @@ class StudySpec(RunSettings):
         subject, control = self.primary
         if subject not in self.methods or control not in self.baselines:
             raise ValueError(f"rerun_best.primary is [{subject}, {control}]: give one of methods "
-                             f"({', '.join(self.methods)}) and one of baselines ({', '.join(self.baselines) or 'none'})")
+                             f"({', '.join(self.methods)}) and one of baselines "
+                             f"({', '.join(self.baselines) or 'none'})")
         overlap = sorted(set(self.seeds) & set(self.confirmation_seeds))
         if overlap:
             raise ValueError(f"rerun_best.seeds.start makes the confirmation use search seed {overlap[0]}: confirm "

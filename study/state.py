@@ -116,7 +116,8 @@ class StudyState:
 
     def write(self, study_dir: Path) -> None:
         data = {"name": self.name, **asdict(self.tracking), "finished": self.finished, "resumed": self.resumed,
-                "failure_threshold": self.failure_threshold, "stopped": self.stopped, "phases": {name: asdict(record) for name, record in self.phases.items()}}
+                "failure_threshold": self.failure_threshold, "stopped": self.stopped,
+                "phases": {name: asdict(record) for name, record in self.phases.items()}}
         path = Path(study_dir) / STUDY_FILE
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(data, indent=2))

@@ -94,7 +94,8 @@ def test_paired_failures_and_the_click_type_verdict_of_the_demo():
     static = {0: 0.93, 1: 0.995, 2: 0.885, 3: 0.735}
     repeat = {0: 0.90, 1: 0.998, 2: 0.63, 3: 0.63}
     verdict = compare("static", static, "vanilla_repeat", repeat, margin=0.01, bounds=(0, 1),
-                      subject_failed=dict.fromkeys(static, False), control_failed={0: False, 1: False, 2: True, 3: True})
+                      subject_failed=dict.fromkeys(static, False),
+                      control_failed={0: False, 1: False, 2: True, 3: True})
     assert verdict.word is Word.NOT_DISTINGUISHABLE and (verdict.low, verdict.high) == (-1, 1)
     assert (verdict.subject_only_failed, verdict.control_only_failed) == (0, 2)
     assert verdict.failures_p_value == pytest.approx(0.5)  # both discordant pairs one way: 2 · (1/2)²
