@@ -88,11 +88,12 @@ def read_results(study_dir: Path) -> tuple[StudySpec, StudyState, pd.DataFrame, 
     return spec, state, table, selections(table, spec, state)
 
 
-def primary_verdict(study_dir: Path) -> Verdict:
-    """An adaptive study's primary comparison, on every seed so far (what decides whether confirmation goes on)."""
+def primary_verdict(study_dir: Path) -> Verdict | None:
+    """An adaptive study's primary comparison on every seed so far (what decides whether confirmation goes on);
+    None while one of its two methods has no scored trial."""
     spec, state, _, chosen = read_results(study_dir)
     primary = tuple(map(str, spec.primary))
-    return next(v for v in verdicts(chosen, spec, stopped=state.stopped) if (v.subject, v.control) == primary)
+    return next((v for v in verdicts(chosen, spec, stopped=state.stopped) if (v.subject, v.control) == primary), None)
 
 
 def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:

@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
+from study import signals
 from study import state as phases
 from study.directory import check_writable, driving, holds_study, refusal
 from study.progress import StudyProgress
-from study import signals
 from study.spec import StudySpec, check_scheduler
 from study.state import Phase, PhaseKind, PhaseRecord, StopReason, StudyState
 from study.tracking import (FINISHED, KILLED, Tracking, TrialStatus, check_reachable, experiment_id, send_unsent,
@@ -141,9 +141,11 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
     state = StudyState.read(study_dir)
     planned = sum(phase_trials(spec, phase) for phase in planned_phases(spec)) + \
         sum(phase_trials(spec, phases.Phase.parse(name)) for name in state.phases if phases.is_confirmation(name))
-    rounds_left = 0 if state.stopped else 2 * (len(spec.confirmation_seeds) - _confirmed_seeds(spec, state)) \
-        if spec.adaptive else 0
-    progress = StudyProgress(planned, spec.metric, most=planned + rounds_left if spec.adaptive else None)
+    most = None  # adaptive confirmation may add up to two trials for each seed it has not run
+    if spec.adaptive:
+        most = planned if state.stopped else \
+            planned + 2 * (len(spec.confirmation_seeds) - _confirmed_seeds(spec, state))
+    progress = StudyProgress(planned, spec.metric, most=most)
     try:
         if spec.fixed_baselines:
             controls = _fixed(spec.fixed_baselines, spec.verdict_seeds)
@@ -220,8 +222,10 @@ def _confirm(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: Stu
     """Adaptive confirmation's rounds, until the primary comparison is decided, or every seed of the range ran,
     or the next round would end past the time budget; why it stopped goes to the study file."""
     subject, control = map(str, spec.primary)
+    if best.get(subject) is None:
+        return  # its search scored no trial: nothing was re-run, nothing to confirm
     # the searched method at its chosen setting; the control at its own (tuned) or the base settings
-    settings = {subject: best[subject] or {}, control: best.get(control) or {}}
+    settings = {subject: best[subject], control: best.get(control) or {}}
     round_number = 2
     while True:
         state = StudyState.read(study_dir)
@@ -246,7 +250,8 @@ def _confirmation_stop(spec: StudySpec, study_dir: Path, state: StudyState, roun
 
     if state.ended(phases.confirm(round_number)) is not None:
         return None  # ran before an interruption
-    if primary_verdict(study_dir).word.decisive:
+    verdict = primary_verdict(study_dir)
+    if verdict is not None and verdict.word.decisive:
         return StopReason.DECIDED
     if not _round_seeds(spec, round_number):
         return StopReason.MAX_SEEDS
