@@ -134,7 +134,7 @@ class SeedPlan:
             return head + ("" if verdict.word.decisive else f" ({verdict.reason})")
         parts = []
         if plan.seeds is not None:
-            parts.append(f"to detect {plan.detect:+.3f}: {plan.seeds} paired seeds ({self.more_seeds} more, "
+            parts.append(f"to detect ±{plan.detect:.3f}: {plan.seeds} paired seeds ({self.more_seeds} more, "
                          f"{_hours(self.trial_hours, concurrent)})")
         if plan.seeds_for_margin is not None:
             parts.append(f"to show equivalence within ±{plan.margin:g}: {plan.seeds_for_margin} "

@@ -120,7 +120,7 @@ class Plan:
     def text(self) -> str:
         parts = []
         if self.seeds is not None:
-            parts.append(f"{self.seeds} paired seeds for {POWER:.0%} power to detect {self.detect:+.3f}")
+            parts.append(f"{self.seeds} paired seeds for {POWER:.0%} power to detect ±{self.detect:.3f}")
         if self.seeds_for_margin is not None:
             parts.append(f"{self.seeds_for_margin} to show equivalence within ±{self.margin:g}")
         basis = "failure rates" if self.from_failure_rates else "spread of the differences"

@@ -154,7 +154,7 @@ def test_plan_prices_the_seeds_each_verdict_needs_from_the_study_itself(grid_stu
     assert [line.split(":")[0] for line in lines] == ["static vs vanilla_repeat", "static vs vanilla",
                                                       "dynamic vs static"]
     for line in lines:
-        found = re.search(r"no verdict after 2 paired seeds; to detect \+0\.050: (\d+) paired seeds \((\d+) more, "
+        found = re.search(r"no verdict after 2 paired seeds; to detect ±0\.050: (\d+) paired seeds \((\d+) more, "
                           r"≈ ([\d.]+) trial-hours, ([\d.]+) h at 2 trials at once\)", line)
         assert found, line
         seeds, more, hours, wall = int(found[1]), int(found[2]), float(found[3]), float(found[4])
