@@ -13,8 +13,10 @@ rate is at most 5 % at every n; a t-test assumes what bimodal scores are not. It
 - *better* / *worse*: the two-sided test rejects (p < 0.05), in the metric's good / bad direction;
 - *equivalent*: both one-sided tests against ±``margin`` reject at 5 % (TOST: the 90 % interval lies within the
   margin);
-- *not distinguishable*: neither; ``needed`` then says how many paired seeds would decide it (``plan``);
+- *not distinguishable*: neither; its ``plan`` then says how many paired seeds would decide it;
 - *no verdict*: fewer than 3 shared seeds.
+An adaptive study's primary comparison is decided instead by an anytime-valid rule (``decide_anytime``), or ends
+*undetermined*.
 With 5 seeds or fewer no sign-flip test can reach p < 0.05 (the smallest two-sided p is 2/2ⁿ): such a study can
 say *not distinguishable* only, and its plan says so. The 95 % interval is the set of shifts the test does not
 reject, cut to the differences the metric allows. Beside the word: the probability of improvement (the share of
