@@ -218,7 +218,7 @@ def compare(subject: str, subject_scores: dict[int, float], control: str, contro
     paired = subject_failed is not None and control_failed is not None
     flags = ([subject_failed[s] for s in seeds], [control_failed[s] for s in seeds]) if paired else None
     if len(seeds) < MIN_SEEDS:  # two seeds still plan, as a pilot
-        planned = plan_seeds(d, abs(float(d.mean())) if detect is None else detect, margin, flags, a, b) \
+        planned = plan_seeds(d, _worth_detecting(d, margin) if detect is None else detect, margin, flags, a, b) \
             if len(seeds) >= 2 else None
         return Verdict(subject, control, seeds, Word.NO_VERDICT, margin=margin, plan=planned, reason=(
             f"{len(seeds)} shared seed{'s' * (len(seeds) != 1)}; a paired verdict needs at least {MIN_SEEDS} — "
@@ -242,9 +242,16 @@ def compare(subject: str, subject_scores: dict[int, float], control: str, contro
     improvement = float(np.mean((sign * d > 0) + 0.5 * (d == 0)))
     planned = None
     if detect is not None or not word.decisive:
-        planned = plan_seeds(d, abs(float(d.mean())) if detect is None else detect, margin, flags, a, b)
+        planned = plan_seeds(d, _worth_detecting(d, margin) if detect is None else detect, margin, flags, a, b)
     return Verdict(subject, control, seeds, word, float(d.mean()), low, high, p_value, margin, improvement,
                    plan=planned, evalue=evalue, stopped=stopped, **failures)
+
+
+def _worth_detecting(differences, margin: float | None) -> float:
+    """The difference an undecided verdict plans for: the one it saw, unless it lies within the equivalence margin
+    (0: then only showing equivalence is planned)."""
+    seen = abs(float(np.mean(differences)))
+    return seen if margin is None or seen >= margin else 0.0
 
 
 def decide(differences, sign: int = 1, margin: float | None = None):
@@ -346,7 +353,7 @@ def shift_interval(differences, confidence: float, bounds: tuple[float, float]) 
 
 def plan_seeds(differences, detect: float, margin: float | None, failed=None, subject_scores=None,
                control_scores=None) -> Plan:
-    """Paired seeds for ``POWER`` to call a true difference of ``detect`` better or worse, and to call two
+    """Paired seeds for ``POWER`` to call a true difference of ``detect`` (0: none) better or worse, and to call two
     methods that do not differ equivalent within ``margin``, by the power of a paired test with the sign-flip
     test's smallest decisive n. With a failure rule, the differences' spread comes from each method's failure
     rate (Jeffreys-smoothed, so 0 failures in 4 runs still allows some), the gap between failed and clicked
