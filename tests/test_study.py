@@ -336,9 +336,10 @@ def test_choices_are_blind_to_the_test_labels(grid_study, tmp_path):
     assert not np.allclose(permuted["test_accuracy"], table["test_accuracy"])
 
     def choices(results):
-        chosen = [(s.method, s.how, s.setting, sorted(s.rows.trial)) for s in selections(results, spec, state)]
-        cell = heatmap(results, spec, "static", "distill.tau", "distill.alpha", [], tmp_path)["best"]
-        return chosen, (cell["x"], cell["y"])
+        chosen = selections(results, spec, state)
+        setting = next(s.setting for s in chosen if s.method == "static")
+        cell = heatmap(results, spec, "static", "distill.tau", "distill.alpha", setting, [], tmp_path)["best"]
+        return [(s.method, s.how, s.setting, sorted(s.rows.trial)) for s in chosen], (cell["x"], cell["y"])
 
     assert choices(permuted) == choices(table)
     # the search's own choice (recorded when its phase ended, from validation) is the one compared
