@@ -33,6 +33,7 @@ selfd cache. There (DIR inside the repository, named in the device's ``carry``):
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -215,8 +216,13 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
     estimates = {}
     for name in SPECS:
         spec = load_spec(ROOT / "search_spaces" / name)
-        trials = {str(m): spec.method_search_trials(m) for m in spec.searched}
-        trials |= {str(m): len(spec.verdict_seeds) for m in spec.fixed_baselines}
+        trials = collections.Counter({str(m): spec.method_search_trials(m) for m in spec.searched})
+        trials.update({str(m): len(spec.verdict_seeds) for m in spec.fixed_baselines})
+        if spec.rerun_best:
+            trials.update({str(m): len(spec.verdict_seeds) for m in spec.searched})
+        rounds = collections.Counter()  # adaptive confirmation, if it runs every seed of its range
+        if spec.adaptive:
+            rounds.update({str(m): len(spec.confirmation_seeds) - len(spec.verdict_seeds) for m in spec.primary})
         if spec.task.name in PUBLISHED_TRAIN:  # validation is carved from the published train split
             published = PUBLISHED_TRAIN[spec.task.name]
             train = published - math.ceil(published * spec.task.validation_fraction)
@@ -224,8 +230,8 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
             from trainables.generation_tasks import load_generation_task
 
             train = len(load_generation_task(spec.task).train)
-        seconds = 0.0
-        for method, count in trials.items():
+
+        def trial_seconds(method: str) -> float:
             steps = math.ceil(train / RULES[method].fresh_size(spec.training.batch_size)) * spec.training.epochs
             if name == "nlg_llama.yaml":
                 variant = "vanilla_repeat" if method in ("vanilla", "vanilla_repeat") else spec.distill.teacher_storage
@@ -235,10 +241,15 @@ def gpu_hours(classifier: dict, decoders: dict, shared: list[dict]) -> dict:
             # the spec's own batch and length, scaled from the measured shape by tokens per step
             per_step *= spec.training.batch_size * spec.task.max_length / (16 * 256 if name != "nlg_llama.yaml"
                                                                             else 8 * 512)
-            seconds += count * steps * per_step
-        estimates[name] = {"trials": sum(trials.values()), "train_examples": train,
+            return steps * per_step
+
+        seconds = sum(count * trial_seconds(method) for method, count in trials.items())
+        most = seconds + sum(count * trial_seconds(method) for method, count in rounds.items())
+        estimates[name] = {"trials": sum(trials.values()), "confirmation_trials_up_to": sum(rounds.values()),
+                           "train_examples": train,
                            "gpu_hours_one_trial_per_gpu": round(seconds / 3600, 2),
                            "gpu_hours_shared": round(seconds / 3600 / speedup, 2),
+                           "gpu_hours_one_trial_per_gpu_every_round": round(most / 3600, 2),
                            "resources_gpu": best["resources_gpu"]}
     return estimates
 

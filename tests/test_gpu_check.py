@@ -26,5 +26,10 @@ def test_gpu_check_smoke_measures_every_variant_sharing_and_the_specs_gpu_hours(
     assert shared["aggregate_steps_per_second"] > 0
     hours = result["gpu_hours"]
     assert set(hours) == {"fig3_rte.yaml", "fig3_boolq.yaml", "nlg_llama.yaml"}
-    assert hours["fig3_rte.yaml"]["trials"] == 25 * 3 + 3 * 3 and hours["fig3_rte.yaml"]["train_examples"] == 1992
+    # the grid at 3 seeds, the controls and the chosen cell at 4 fresh seeds, then up to 20 more for static and
+    # vanilla_repeat (adaptive confirmation)
+    rte = hours["fig3_rte.yaml"]
+    assert rte["trials"] == 25 * 3 + 3 * 4 + 4 and rte["confirmation_trials_up_to"] == 2 * 20
+    assert rte["train_examples"] == 1992
+    assert rte["gpu_hours_one_trial_per_gpu_every_round"] > rte["gpu_hours_one_trial_per_gpu"]
     assert all(h["gpu_hours_one_trial_per_gpu"] > 0 for h in hours.values())
