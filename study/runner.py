@@ -248,8 +248,9 @@ def _confirmation_stop(spec: StudySpec, study_dir: Path, state: StudyState, roun
     """Why confirmation adds no round ``round_number`` (None: it adds it)."""
     from study.report import primary_verdict
 
-    if state.ended(phases.confirm(round_number)) is not None:
-        return None  # ran before an interruption
+    phase = phases.confirm(round_number)
+    if state.ended(phase) is not None or (study_dir / "tune" / phase.name).exists():
+        return None  # begun before an interruption: the round is finished as it was planned
     verdict = primary_verdict(study_dir)
     if verdict is not None and verdict.word.decisive:
         return StopReason.DECIDED
