@@ -93,11 +93,12 @@ def _with_rounds(rows: pd.DataFrame, rounds: pd.DataFrame, method: str) -> pd.Da
 
 
 def verdicts(chosen: list[Selection], spec: StudySpec, detect: float | None = None,
-             stopped: StopReason | None = None) -> list[Verdict]:
+             stopped: StopReason | None = None, only: tuple[str, str] | None = None) -> list[Verdict]:
     """Each searched method against ``vanilla_repeat`` and ``vanilla``, and ``dynamic`` against ``static``,
     where the study ran both (paired test scores on shared seeds); ``detect``: plan every verdict's seeds for this
     difference (else undecided ones for the difference they saw). An adaptive study's primary comparison is
-    decided by the anytime-valid rule; ``stopped``: why its confirmation ended (None: it goes on)."""
+    decided by the anytime-valid rule; ``stopped``: why its confirmation ended (None: it goes on). ``only``: that
+    one comparison (what adaptive confirmation looks at after each round), if the study makes it."""
     by_method = {selection.method: selection for selection in chosen}
     pairs = [(method, control) for method in dict.fromkeys(map(str, spec.methods)) for control in CONTROLS
              if method != control and control in by_method and method in by_method]
@@ -106,9 +107,11 @@ def verdicts(chosen: list[Selection], spec: StudySpec, detect: float | None = No
     primary = _primary(spec)
     if primary and primary not in pairs and all(m in by_method for m in primary):
         pairs.insert(0, primary)
+    if only is not None:
+        pairs = [pair for pair in pairs if pair == only]
     return [compare(str(a), by_method[a].test_scores(spec), str(b), by_method[b].test_scores(spec), spec.mode,
                     spec.equivalence_margin, spec.metric.bounds, by_method[a].failed_runs(spec),
-                    by_method[b].failed_runs(spec), detect, adaptive=_primary(spec) == (a, b),
+                    by_method[b].failed_runs(spec), detect, adaptive=primary == (a, b),
                     stopped=str(stopped or ""))
             for a, b in pairs]
 

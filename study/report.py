@@ -93,7 +93,7 @@ def primary_verdict(study_dir: Path) -> Verdict | None:
     None while one of its two methods has no scored trial."""
     spec, state, _, chosen = read_results(study_dir)
     primary = tuple(map(str, spec.primary))
-    return next((v for v in verdicts(chosen, spec, stopped=state.stopped) if (v.subject, v.control) == primary), None)
+    return next(iter(verdicts(chosen, spec, stopped=state.stopped, only=primary)), None)
 
 
 def results_table(client: MlflowClient, state: StudyState, spec: StudySpec) -> pd.DataFrame:

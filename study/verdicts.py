@@ -163,7 +163,8 @@ class Verdict:
 
     def numbers(self) -> dict[str, float]:
         """The finite numeric fields (metrics on the parent run), the plan's prefixed ``plan_``."""
-        fields = {**self.record(), **{f"plan_{k}": v for k, v in (self.record()["plan"] or {}).items()}}
+        record = self.record()
+        fields = {**record, **{f"plan_{k}": v for k, v in (record["plan"] or {}).items()}}
         return {name: float(value) for name, value in fields.items() if isinstance(value, (int, float))
                 and not isinstance(value, bool) and math.isfinite(value)}
 
