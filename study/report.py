@@ -31,9 +31,11 @@ from study.report_page import write_page  # noqa: E402
 from study.verdicts import Outcomes, Verdict, method_text  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
 from study.state import StudyState  # noqa: E402
-from study.tracking import FINISHED  # noqa: E402
+from study.tracking import FAILED, FINISHED  # noqa: E402
 from trainables.losses import Extreme  # noqa: E402
 from trainables.mlflow_run import PHASE_TAG  # noqa: E402
+
+FAILED_TRIALS_TAG = "selfd.failed_trials"  # on the parent run: how many trials ended FAILED
 
 REFERENCE_METHODS = ("vanilla", "dynamic")
 FIGURE_FOLDERS = ("heatmaps", "trials", "grad_norms", "dynamics", "importance")
@@ -70,6 +72,9 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
 
     parent = state.tracking.parent_run_id
     log_verdicts(client, parent, judged)
+    # failed trials do not fail the study: the results table's FAILED rows are counted here (one count: the one
+    # summary.md shows) and each is marked FAILED in its own run
+    client.set_tag(parent, FAILED_TRIALS_TAG, str(int((table.status == FAILED).sum())))
     for name in ("results.csv", "summary.md", "verdicts.json"):
         client.log_artifact(parent, str(out / name))
     client.log_artifact(parent, str(out / "index.html"), "report")

@@ -181,13 +181,10 @@ def sync_study(study_dir: Path) -> int:
 
 
 def end_parent(state: StudyState) -> None:
-    """Mark a finished study's parent run FINISHED with its failed-trial count."""
+    """Mark a finished study's parent run FINISHED (its report counts the failed trials)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(state.tracking.tracking_uri)
-    # failed trials do not fail the study: they are counted here and marked FAILED in their own runs
-    client.set_tag(state.tracking.parent_run_id, "selfd.failed_trials", str(state.failed_trials))
-    client.set_terminated(state.tracking.parent_run_id, FINISHED)
+    MlflowClient(state.tracking.tracking_uri).set_terminated(state.tracking.parent_run_id, FINISHED)
 
 
 def planned_phases(spec: StudySpec) -> list[Phase]:
@@ -278,7 +275,7 @@ def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: Study
     results = _fit(spec, study_dir, tracking, progress, phase, param_space, search, settings or {})
     progress.phase_ended(len(results))
     best = best_setting(results, spec, phase.method) if search else None
-    record = PhaseRecord(results.num_errors, best, round(time.monotonic() - started, 1))
+    record = PhaseRecord(best, round(time.monotonic() - started, 1))
     StudyState.read(study_dir).with_phase(phase, record).write(study_dir)
     for checkpoint in (study_dir / "tune" / phase.name).glob("*/checkpoint_*"):  # an ended phase never resumes
         shutil.rmtree(checkpoint, ignore_errors=True)

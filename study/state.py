@@ -79,10 +79,9 @@ def is_confirmation(name: str) -> bool:
 
 @dataclass(frozen=True)
 class PhaseRecord:
-    """How an ended phase went: its failed trials, for a search the searched values it found best, and its
-    wall seconds in the run that ended it."""
+    """How an ended phase went: for a search the searched values it found best, and its wall seconds in the run
+    that ended it. (Failed trials are counted from the results table, which has every trial's status.)"""
 
-    failed: int
     best: dict | None = None
     seconds: float = 0.0
 
@@ -110,10 +109,6 @@ class StudyState:
         """Wall seconds of the ended phases."""
         return sum(record.seconds for record in self.phases.values())
 
-    @property
-    def failed_trials(self) -> int:
-        return sum(record.failed for record in self.phases.values())
-
     def write(self, study_dir: Path) -> None:
         data = {"name": self.name, **asdict(self.tracking), "finished": self.finished, "resumed": self.resumed,
                 "failure_threshold": self.failure_threshold, "stopped": self.stopped,
@@ -131,7 +126,8 @@ class StudyState:
         try:
             data = json.loads(path.read_bytes())
             return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
-                       {name: PhaseRecord(**record) for name, record in data.get("phases", {}).items()},
+                       {name: PhaseRecord(record.get("best"), float(record.get("seconds", 0.0)))
+                        for name, record in data.get("phases", {}).items()},
                        bool(data.get("finished")), int(data.get("resumed", 0)),
                        _optional_float(data.get("failure_threshold")),
                        StopReason(data["stopped"]) if data.get("stopped") else None)
