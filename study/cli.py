@@ -179,10 +179,11 @@ def _validate(args) -> int:
 
 def _run(args) -> int:
     from study.directory import beside, check_writable, holds_study, refusal
-    from study.runner import run_study
     from study.spec import load_spec
 
-    spec = load_spec(args.spec, args.override)
+    spec = load_spec(args.spec, args.override)  # before Ray, MLflow and torch are imported: bad input answers fast
+    from study.runner import run_study
+
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
     check_writable(study_dir)
     if holds_study(study_dir):

@@ -12,10 +12,13 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from study.tracking import Tracking
 from trainables.errors import ConfigError
 from trainables.methods import Method
+
+if TYPE_CHECKING:  # imported where a state is read: study.tracking imports MLflow, which bad input never needs
+    from study.tracking import Tracking
 
 STUDY_FILE = "study.json"
 
@@ -120,6 +123,8 @@ class StudyState:
 
     @classmethod
     def read(cls, study_dir: Path) -> StudyState:
+        from study.tracking import Tracking
+
         path = Path(study_dir) / STUDY_FILE
         if not path.is_file():
             raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")

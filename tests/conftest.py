@@ -73,6 +73,17 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 
 @pytest.fixture(scope="session")
+def local_ray():
+    """One embedded Ray instance for every test that runs a study in this process (`main(["run", ...])` joins it
+    rather than starting its own): 2 CPUs, no GPU, as on the machines CI runs on."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def postgresql():
     """A throwaway PostgreSQL server (pytest-postgresql's executor over Debian's server binaries), the store that
     docker/compose.yaml gives MLflow; yields a function that makes a new empty database and returns its URI."""

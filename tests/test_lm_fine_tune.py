@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import RecordingReporter
+from study.cli import main
 from trainables.config import parse_config
 from trainables.recipe import fine_tune
 
@@ -61,7 +59,7 @@ def test_lora_trains_only_the_adapters():
     assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses
 
 
-def test_a_two_trial_decoder_study_through_tune_and_mlflow(tmp_path):
+def test_a_two_trial_decoder_study_through_tune_and_mlflow(local_ray, tmp_path):
     spec = {"name": "nlg_tiny", "methods": ["dynamic"], "baselines": [], "seeds": [0],
             "model": {"name": "smollm2-135m", "num_layers": 2},
             "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 8, "train_subset": 8,
@@ -73,10 +71,7 @@ def test_a_two_trial_decoder_study_through_tune_and_mlflow(tmp_path):
             "metric": "val_rougeL"}
     path = tmp_path / "nlg.yaml"
     path.write_text(yaml.safe_dump(spec))
-    selfd = str(Path(sys.executable).parent / "selfd")
-    run = subprocess.run([selfd, "run", str(path), "--study-dir", str(tmp_path / "study")], capture_output=True,
-                         text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert main(["run", str(path), "--study-dir", str(tmp_path / "study")]) == 0
     info = json.loads((tmp_path / "study" / "study.json").read_text())
     client = MlflowClient(info["tracking_uri"])
     children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")

@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
 from study.cli import main
@@ -120,13 +119,9 @@ def test_tracking_server_that_is_not_healthy(tiny_spec, tmp_path, capsys):
         server.shutdown()
 
 
-def test_gpu_request_on_a_cluster_without_gpus(tiny_spec, tmp_path, capsys):
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
-    try:
-        assert_refused(capsys, tmp_path / "study", "resources.gpu asks for 0.5 GPU per trial but the Ray cluster has 0",
-                       ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"), "--override", "resources.gpu=0.5"])
-    finally:
-        ray.shutdown()
+def test_gpu_request_on_a_cluster_without_gpus(local_ray, tiny_spec, tmp_path, capsys):
+    assert_refused(capsys, tmp_path / "study", "resources.gpu asks for 0.5 GPU per trial but the Ray cluster has 0",
+                   ["run", str(tiny_spec), "--study-dir", str(tmp_path / "study"), "--override", "resources.gpu=0.5"])
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SPECS.glob("*.yaml") if p.name != "demo_train_cpu.yaml"))

@@ -72,14 +72,16 @@ def served_study(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local_study(tmp_path_factory):
-    """A one-trial study in its own sqlite store, as `selfd run` makes by default."""
+def local_study(local_ray, tmp_path_factory):
+    """A one-trial study in its own sqlite store, as `selfd run` makes by default (run in this process, on the
+    tests' shared Ray instance: the served study above runs the command itself)."""
+    from study.cli import main
+
     folder = tmp_path_factory.mktemp("local")
     spec = folder / "spec.yaml"
     spec.write_text(yaml.safe_dump({**SMALL, "name": "local", "baselines": [],
                                     "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [1.0]}}}}))
-    ran = run_selfd("run", str(spec), "--study-dir", str(folder / "study"), env=client_env())
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert main(["run", str(spec), "--study-dir", str(folder / "study")]) == 0
     return folder / "study"
 
 
