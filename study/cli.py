@@ -182,8 +182,6 @@ def _run(args) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, args.override)  # before Ray, MLflow and torch are imported: bad input answers fast
-    from study.runner import run_study
-
     study_dir = Path(args.study_dir or Path("studies") / spec.name)
     check_writable(study_dir)
     if holds_study(study_dir):
@@ -194,6 +192,8 @@ def _run(args) -> int:
             return _continue(spec, study_dir, args.address)
         else:
             raise ConfigError(refusal(study_dir))
+    from study.runner import run_study
+
     with _stoppable(study_dir):
         tracking = run_study(spec, study_dir, args.address)
     return _finish(study_dir, tracking)

@@ -324,8 +324,8 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
     importances = {}
     for method in spec.methods:
         rows = table[(table.phase == phases.search(method).name) & table[score].notna()]
-        if len(rows) < 3:
-            continue
+        if len(rows) < 3 or rows[score].nunique() < 2:  # every trial scored alike (all at the majority class, say):
+            continue  # no field explains a variance of zero
         distributions = {name: d.distribution() for name, d in spec.search.space.items()}
         study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
         study.add_trials([optuna.trial.create_trial(params={n: row[n] for n in distributions},

@@ -375,3 +375,20 @@ def test_adaptive_confirmation_adds_rounds_until_max_seeds_and_says_undetermined
                                          "rerun_best": {"seeds": {"min": 3, "max": 9, "round": 1},
                                                         "budget_minutes": state.seconds / 60 + 0.001}})
     assert _confirmation_stop(budgeted, study_dir, state, 4) is StopReason.BUDGET
+
+
+def test_importances_are_left_out_where_every_trial_scored_alike(tmp_path):
+    """A random search whose trials all stayed at the majority class has no variance to explain: Optuna's fANOVA
+    raises on it, and the report leaves the importance out instead of failing (found by
+    benchmarks/study_efficiency.py)."""
+    from study.report import importance_figure
+    from study.spec import StudySpec
+
+    spec = StudySpec.model_validate({**TINY, "search": {"algorithm": "random", "num_samples": 4, "space": {
+        "distill.tau": {"low": 1.0, "high": 5.0}, "distill.alpha": {"low": 0.1, "high": 2.0}}}})
+    rows = [{"phase": "search-static", "distill.tau": 1.0 + i, "distill.alpha": 0.1 + i / 4,
+             "best_val_accuracy": 0.63} for i in range(4)]
+    assert importance_figure(pd.DataFrame(rows), spec, tmp_path) == {}
+    rows[0]["best_val_accuracy"] = 0.9
+    assert set(importance_figure(pd.DataFrame(rows), spec, tmp_path)) == {"static"}
+    assert (tmp_path / "epistemic_reasoning_importance.png").is_file()
