@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,16 @@ def test_unknown_names_and_missing_folders():
         load_task(TaskConfig(name="boolqq"))
     with pytest.raises(AssetError, match="does not exist"):
         resolve_model("./no/such/folder")
+
+
+def test_the_majority_class_score_for_each_study_metric():
+    """Accuracy and macro-F1 of always answering the most frequent validation label (what a failed run scores);
+    no score for a metric that is neither."""
+    from trainables.metrics import Metric
+    from trainables.tasks import TaskData
+
+    validation = {"label": [0, 0, 0, 1]}
+    data = TaskData("t", ("a", "b"), None, validation, None, "", Path("."))
+    assert data.majority_score(Metric.VAL_ACCURACY) == 0.75
+    assert data.majority_score(Metric.VAL_MACRO_F1) == pytest.approx((6 / 7 + 0) / 2)  # F1 0.857 and 0
+    assert data.majority_score(Metric.VAL_LOSS) is None
