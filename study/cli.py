@@ -18,6 +18,7 @@ import time
 from enum import StrEnum
 from pathlib import Path
 
+from study.state import StudyState
 from trainables.errors import ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -223,9 +224,10 @@ def _continue(spec, study_dir: Path, address: str | None) -> int:
 
 
 def _resume(args) -> int:
+    study_dir = Path(args.study_dir)
+    StudyState.read(study_dir)  # a directory that holds no study is told so before Ray and MLflow load
     from study.runner import resume_study
 
-    study_dir = Path(args.study_dir)
     with _stoppable(study_dir):
         tracking = resume_study(study_dir, args.address)
     if tracking is None:
@@ -314,21 +316,21 @@ def _stop(args) -> int:
 
 
 def _report(args) -> int:
-    from study.runner import read_study
-
     study_dir = Path(args.study_dir)
+    state = StudyState.read(study_dir)  # before the report's libraries load
     if args.sync:
-        return _finish(study_dir, read_study(study_dir))
+        return _finish(study_dir, state.tracking)
     _write_report(study_dir)
     return 0
 
 
 def _plan(args) -> int:
+    if args.detect is not None and not (math.isfinite(args.detect) and args.detect > 0):
+        raise ConfigError(f"--detect {args.detect:g} is not a positive difference (e.g. 0.02 for two points)")
+    StudyState.read(Path(args.study_dir))  # before the report's libraries load
     from study.comparison import seed_plans
     from study.report import read_results
 
-    if args.detect is not None and not (math.isfinite(args.detect) and args.detect > 0):
-        raise ConfigError(f"--detect {args.detect:g} is not a positive difference (e.g. 0.02 for two points)")
     spec, state, _, chosen = read_results(Path(args.study_dir))
     plans = seed_plans(chosen, spec, args.detect, state.stopped)
     for plan in plans:

@@ -123,13 +123,16 @@ class StudyState:
 
     @classmethod
     def read(cls, study_dir: Path) -> StudyState:
-        from study.tracking import Tracking
-
         path = Path(study_dir) / STUDY_FILE
         if not path.is_file():
             raise ConfigError(f"{study_dir} is not a study directory (no {STUDY_FILE}); run `selfd run SPEC` first")
         try:
             data = json.loads(path.read_bytes())
+        except ValueError as error:
+            raise _damaged(path, error) from None
+        from study.tracking import Tracking  # after the checks: a wrong directory is told so before MLflow loads
+
+        try:
             return cls(data["name"], Tracking(data["tracking_uri"], data["experiment_id"], data["parent_run_id"]),
                        {name: PhaseRecord(record.get("best"), float(record.get("seconds", 0.0)))
                         for name, record in data.get("phases", {}).items()},
@@ -137,8 +140,12 @@ class StudyState:
                        _optional_float(data.get("failure_threshold")),
                        StopReason(data["stopped"]) if data.get("stopped") else None)
         except (ValueError, KeyError, TypeError, AttributeError) as error:  # not written by selfd, or edited
-            raise ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); selfd writes it "
-                              "whole or not at all, so it was edited or is another program's file") from None
+            raise _damaged(path, error) from None
+
+
+def _damaged(path: Path, error: Exception) -> ConfigError:
+    return ConfigError(f"{path} is damaged ({type(error).__name__}: {str(error)[:80]}); selfd writes it whole or "
+                       "not at all, so it was edited or is another program's file")
 
 
 def _optional_float(value) -> float | None:

@@ -44,12 +44,12 @@ def fast_config(method: str = "dynamic", **sections):
 def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
                         admin: tuple[str, str] | None = None, store: str | None = None) -> subprocess.Popen:
     """A real `mlflow server` on ``store`` (default: a sqlite store in ``folder``), started with the container's
-    entrypoint script; with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
+    entrypoint script, with one worker process (MLflow's 4 take 15 s to answer on 2 cores, 1 takes 9); with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_BACKEND_STORE_URI": store or f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),
            "MLFLOW_ARTIFACTS": str(folder / "server-artifacts"),
-           "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}",
+           "MLFLOW_ALLOWED_HOSTS": allowed_hosts or f"127.0.0.1:{port}", "MLFLOW_WORKERS": "1",
            **({"MLFLOW_AUTH_ADMIN_USERNAME": admin[0], "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1]} if admin
               else {"MLFLOW_AUTH": "off"})}
     server = subprocess.Popen([str(root / "docker" / "mlflow-server.sh")], env=env, start_new_session=True,

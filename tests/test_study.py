@@ -21,7 +21,8 @@ TINY = {
     "baselines": ["vanilla", "vanilla_repeat", "dynamic"],
     "seeds": [0, 1],
     "model": {"name": "minilm-l6", "num_layers": 2},
-    "task": {"name": "epistemic_reasoning", "max_length": 64, "train_subset": 64, "validation_subset": 64},
+    "task": {"name": "epistemic_reasoning", "max_length": 64, "train_subset": 64, "validation_subset": 64,
+             "test_subset": 64},
     "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-4, "log_every": 2, "grad_norm_every": 2},
     "search": {"algorithm": "grid", "space": {"distill.tau": {"values": [1.0, 3.0]},
                                               "distill.alpha": {"values": [0.5, 1.0]}}},
@@ -249,7 +250,7 @@ def test_selfd_ui_serves_the_study_on_loopback(grid_study):
 
 
 def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_ray, tmp_path, capsys):
-    spec = {**TINY, "name": "rerun", "methods": ["dynamic", "static"], "baselines": ["vanilla_repeat"],
+    spec = {**TINY, "name": "rerun", "methods": ["static"], "baselines": ["vanilla_repeat"],
             "tune_baselines": True, "seeds": [0], "training": {**TINY["training"], "epochs": 1, "grad_norm_every": 0},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]},
                                                       "training.learning_rate": {"values": [1e-4]}}},
@@ -258,29 +259,27 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
     assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(study_dir)]) == 0
     # progress: a line per ended trial, counted against every phase's trials, with the time left from the 2nd on
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
-    assert [int(re.match(r"progress: (\d+)/11 trials", line).group(1)) for line in progress] == list(range(1, 12))
+    assert [int(re.match(r"progress: (\d+)/7 trials", line).group(1)) for line in progress] == list(range(1, 8))
     assert all("about" in line and "left" in line for line in progress[:-1]) and progress[-1].endswith("done")
     assert sum("rerun-static: method=static" in line and "best_val_accuracy 0." in line for line in progress) == 2
     _, _, _, children = study_runs(study_dir)
     phases = sorted(c.data.tags["selfd.phase"] for c in children)
     assert {c.data.params["training.seed"] for c in children if c.data.tags["selfd.phase"].startswith("rerun-")} \
         == {"1", "2"}
-    assert phases == (["rerun-dynamic"] * 2 + ["rerun-static"] * 2 + ["rerun-vanilla_repeat"] * 2
-                      + ["search-dynamic"] * 2 + ["search-static"] * 2 + ["search-vanilla_repeat"])
+    assert phases == (["rerun-static"] * 2 + ["rerun-vanilla_repeat"] * 2 + ["search-static"] * 2
+                      + ["search-vanilla_repeat"])
     # the tuned baseline searched the field it shares (the learning rate), not α, which it ignores
     baseline = [c for c in children if c.data.tags["selfd.phase"] == "search-vanilla_repeat"]
     assert baseline[0].data.params["distill.alpha"] == str(TINY.get("distill", {}).get("alpha", 1.0))
     summary = (study_dir / "report" / "summary.md").read_text()
-    for method in ("dynamic", "static", "vanilla_repeat"):
+    for method in ("static", "vanilla_repeat"):
         assert f"| {method} | best setting re-run |" in summary
     assert "| vanilla_repeat | best setting re-run | learning rate=0.0001 |" in summary
-    assert "- dynamic vs vanilla_repeat: no verdict (2 shared seeds" in summary
-    assert "- dynamic vs static: no verdict (2 shared seeds" in summary
+    assert "- static vs vanilla_repeat: no verdict (2 shared seeds" in summary
     # the comparison names the setting each method was re-run at (it was read from an object without phases)
     page = (study_dir / "report" / "index.html").read_text()
-    for method in ("dynamic", "static"):
-        row = re.search(rf"<tr[^>]*><td>{method}</td><td>best setting re-run</td><td>([^<]*)</td>", page)
-        assert row and re.fullmatch(r"α=(0\.5|1), learning rate=0\.0001", row.group(1)), (method, row and row.group(1))
+    row = re.search(r"<tr[^>]*><td>static</td><td>best setting re-run</td><td>([^<]*)</td>", page)
+    assert row and re.fullmatch(r"α=(0\.5|1), learning rate=0\.0001", row.group(1)), row and row.group(1)
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(local_ray, tmp_path, capsys):
