@@ -23,6 +23,20 @@ settings.register_profile("selfd", max_examples=30, deadline=None, derandomize=T
 settings.register_profile("long", parent=settings.get_profile("selfd"), max_examples=2000, derandomize=False)
 settings.load_profile("selfd")
 
+# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). One runs the modules that run studies on the
+# embedded Ray instance and the MLflow servers on PostgreSQL, one after another (they share that instance and that
+# server; each study keeps both cores busy, but not all the time: a study's driver and its trials start one
+# process at a time). The other worker takes every other module whole, in the gaps (each module's fixtures run
+# once, on one worker). Without -n, pytest runs them all in order.
+SHARED_STUDY_MODULES = {"test_study", "test_ui", "test_resume", "test_faults", "test_lm_fine_tune", "test_study_spec"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("studies" if module in SHARED_STUDY_MODULES else module))
+
+
 # Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
 FAST = {
     "model": {"name": "minilm-l6", "num_layers": 2},
