@@ -23,18 +23,25 @@ settings.register_profile("selfd", max_examples=30, deadline=None, derandomize=T
 settings.register_profile("long", parent=settings.get_profile("selfd"), max_examples=2000, derandomize=False)
 settings.load_profile("selfd")
 
-# `make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`). One runs the modules that run studies on the
-# embedded Ray instance and the MLflow servers on PostgreSQL, one after another (they share that instance and that
-# server; each study keeps both cores busy, but not all the time: a study's driver and its trials start one
-# process at a time). The other worker takes every other module whole, in the gaps (each module's fixtures run
-# once, on one worker). Without -n, pytest runs them all in order.
+# `make test` runs two pytest-xdist workers (`-n 2`). One runs the modules that run studies on the embedded Ray
+# instance and the MLflow servers on PostgreSQL, one after another (they share that instance and that server; each
+# study keeps both cores busy, but not all the time: a study's driver and its trials start one process at a time).
+# The other worker takes every other module whole, in the gaps (each module's fixtures run once, on one worker).
+# Without -n, pytest runs them all in order.
 SHARED_STUDY_MODULES = {"test_study", "test_ui", "test_resume", "test_faults", "test_lm_fine_tune", "test_study_spec"}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group("studies" if module in SHARED_STUDY_MODULES else module))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    # xdist's own `--dist loadgroup` marks groups in a way pytest 9 no longer reads: a scheduler says it instead
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StudiesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "studies" if Path(module).stem in SHARED_STUDY_MODULES else module
+
+    return StudiesTogether(config, log)
 
 
 # Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
@@ -58,7 +65,8 @@ def fast_config(method: str = "dynamic", **sections):
 def start_mlflow_server(folder, port: int, allowed_hosts: str | None = None,
                         admin: tuple[str, str] | None = None, store: str | None = None) -> subprocess.Popen:
     """A real `mlflow server` on ``store`` (default: a sqlite store in ``folder``), started with the container's
-    entrypoint script, with one worker process (MLflow's 4 take 15 s to answer on 2 cores, 1 takes 9); with ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
+    entrypoint script, with one worker process (MLflow's 4 take 15 s to answer on 2 cores, 1 takes 9); with
+    ``admin`` (user, password) MLflow's basic-auth app is on, as in compose, else off."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MLFLOW_BACKEND_STORE_URI": store or f"sqlite:///{folder / 'server.db'}", "MLFLOW_PORT": str(port),

@@ -46,12 +46,15 @@ def two_node_cluster(logs: Path, stop_timeout: float = 30):
            "RAY_AUTH_TOKEN": secrets.token_hex(16),
            # as in compose: the nodes hold the MLflow server's credentials, so trials can log to it
            "MLFLOW_TRACKING_USERNAME": "selfd", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
-    worker_temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    # each node its own temp dir, as on its own machine (short: Ray's socket paths live under it): nodes sharing
+    # one unpack job code over each other, and the job API would start a job's driver against whichever Ray
+    # instance of this machine (another test's) started last in the shared one
+    temps = [tempfile.mkdtemp(prefix="ray-", dir="/tmp") for _ in range(2)]
     nodes = []
     try:
-        for role, extra in (("head", {"RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dashboard)}),
-                            # its own temp dir, as on another machine: nodes sharing one unpack job code over each other
-                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}", "RAY_TEMP_DIR": worker_temp})):
+        for role, extra in (("head", {"RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dashboard),
+                                      "RAY_TEMP_DIR": temps[0]}),
+                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}", "RAY_TEMP_DIR": temps[1]})):
             nodes.append(subprocess.Popen([str(ROOT / "docker" / "ray-node.sh"), role],
                                           env={**env, **NODE_LIMITS, **extra}, start_new_session=True,
                                           stdout=open(logs / f"{role}.log", "w"), stderr=subprocess.STDOUT))
@@ -69,7 +72,8 @@ def two_node_cluster(logs: Path, stop_timeout: float = 30):
             stop_seconds.append(time.monotonic() - stopping)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(node.pid, signal.SIGKILL)  # whatever of its group is left, as docker kills the container
-        shutil.rmtree(worker_temp, ignore_errors=True)
+        for temp in temps:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 stop_seconds: list[float] = []
