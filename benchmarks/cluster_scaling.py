@@ -32,7 +32,7 @@ from study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# the study this benchmark was first measured on (README): 2 epochs, so a trial can be killed after its first
+# the study this benchmark was first measured on (docs/benchmarks.md): 2 epochs, so a trial can be killed after its first
 OVERRIDES = ["baselines=[]", "seeds=[0]", "search.space.distill.tau.values=[1.0,3.0]",
              "search.space.distill.alpha.values=[1.0,2.0]", "training.epochs=2", "task.train_subset=480",
              "task.validation_subset=200", "task.test_subset=200"]

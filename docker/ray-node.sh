@@ -6,7 +6,10 @@
 #   RAY_AUTH_TOKEN=... RAY_HEAD=head:6379 docker/ray-node.sh worker
 # Optional: RAY_NUM_CPUS, RAY_NUM_GPUS, RAY_MEMORY_BYTES, RAY_OBJECT_STORE_BYTES (default: Ray's, 30 % of RAM
 # each, too much for several nodes on one machine), RAY_NODE_IP, RAY_TEMP_DIR (give each node on a shared
-# machine its own: nodes sharing one unpack each job's code over the others' copy); head only: RAY_PORT, RAY_DASHBOARD_HOST
+# machine its own: nodes sharing one unpack each job's code over the others' copy), RAY_AGENT_PORT (the node's
+# dashboard agent, which takes job submissions: Ray's default 52365 serves one node a machine; give each node on a
+# shared machine its own, or the agent of a node started after another finds it taken and the Jobs API answers
+# "No available agent to submit job"); head only: RAY_PORT, RAY_DASHBOARD_HOST
 # (127.0.0.1), RAY_DASHBOARD_PORT (8265). SIGTERM stops the node: within a few seconds, as selfd turns off
 # Ray's drain on SIGTERM (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0; Ray's default waits up to 30 s for Ray Serve
 # to move its replicas, and selfd runs no Serve; a trial on a stopped node is retried from its checkpoint).
@@ -31,6 +34,7 @@ options=(--block --disable-usage-stats)
 [[ -n ${RAY_OBJECT_STORE_BYTES:-} ]] && options+=(--object-store-memory="$RAY_OBJECT_STORE_BYTES")
 [[ -n ${RAY_NODE_IP:-} ]] && options+=(--node-ip-address="$RAY_NODE_IP")
 [[ -n ${RAY_TEMP_DIR:-} ]] && options+=(--temp-dir="$RAY_TEMP_DIR")
+[[ -n ${RAY_AGENT_PORT:-} ]] && options+=(--dashboard-agent-listen-port="$RAY_AGENT_PORT")
 
 if [[ $role == head ]]; then
   # the dashboard (and the Jobs API behind it) listens on loopback unless a container publishes it

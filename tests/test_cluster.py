@@ -46,15 +46,17 @@ def two_node_cluster(logs: Path, stop_timeout: float = 30):
            "RAY_AUTH_TOKEN": secrets.token_hex(16),
            # as in compose: the nodes hold the MLflow server's credentials, so trials can log to it
            "MLFLOW_TRACKING_USERNAME": "selfd", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
-    # each node its own temp dir, as on its own machine (short: Ray's socket paths live under it): nodes sharing
-    # one unpack job code over each other, and the job API would start a job's driver against whichever Ray
-    # instance of this machine (another test's) started last in the shared one
+    # each node its own temp dir and agent port, as on its own machine (short: Ray's socket paths live under the
+    # dir): nodes sharing a dir unpack job code over each other, the job API would start a job's driver against
+    # whichever Ray instance of this machine (another test's) started last in it, and an agent whose port another
+    # instance holds takes no jobs
     temps = [tempfile.mkdtemp(prefix="ray-", dir="/tmp") for _ in range(2)]
     nodes = []
     try:
         for role, extra in (("head", {"RAY_PORT": str(port), "RAY_DASHBOARD_PORT": str(dashboard),
-                                      "RAY_TEMP_DIR": temps[0]}),
-                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}", "RAY_TEMP_DIR": temps[1]})):
+                                      "RAY_TEMP_DIR": temps[0], "RAY_AGENT_PORT": str(free_port())}),
+                            ("worker", {"RAY_HEAD": f"127.0.0.1:{port}", "RAY_TEMP_DIR": temps[1],
+                                        "RAY_AGENT_PORT": str(free_port())})):
             nodes.append(subprocess.Popen([str(ROOT / "docker" / "ray-node.sh"), role],
                                           env={**env, **NODE_LIMITS, **extra}, start_new_session=True,
                                           stdout=open(logs / f"{role}.log", "w"), stderr=subprocess.STDOUT))

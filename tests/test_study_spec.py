@@ -177,3 +177,18 @@ def test_resume_and_sync_of_a_folder_that_is_not_a_study(tmp_path, capsys):
     for command in (["resume", str(tmp_path)], ["report", "--sync", str(tmp_path)]):
         assert main(command) == 2
         assert "is not a study directory" in capsys.readouterr().err
+
+
+def test_a_model_family_without_the_head_selfd_adds_is_refused_by_name(tmp_path):
+    """The head is looked up by the family's name (no model class imported for it): a ViT config has neither a
+    sequence-classification nor a causal-LM class in transformers."""
+    from transformers import AutoConfig
+
+    from trainables.config import ModelConfig
+    from trainables.errors import ConfigError
+    from trainables.models import check_model_settings
+
+    AutoConfig.for_model("vit", num_hidden_layers=2).save_pretrained(tmp_path)
+    for causal, head in ((False, "sequence classification"), (True, "causal language model")):
+        with pytest.raises(ConfigError, match=f"is a vit model, which transformers has no {head} class for"):
+            check_model_settings(ModelConfig(name=str(tmp_path)), str(tmp_path), causal)

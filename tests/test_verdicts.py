@@ -90,7 +90,7 @@ def test_the_interval_never_leaves_the_metric_and_covers_what_the_test_keeps():
 
 
 def test_paired_failures_and_the_click_type_verdict_of_the_demo():
-    # the RTE-like demo's chosen static cell against vanilla_repeat (README, 2026-11-29): 4 seeds
+    # the RTE-like demo's chosen static cell against vanilla_repeat (docs/benchmarks.md, 2026-11-29): 4 seeds
     static = {0: 0.93, 1: 0.995, 2: 0.885, 3: 0.735}
     repeat = {0: 0.90, 1: 0.998, 2: 0.63, 3: 0.63}
     verdict = compare("static", static, "vanilla_repeat", repeat, margin=0.01, bounds=(0, 1),
