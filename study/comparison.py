@@ -69,7 +69,7 @@ def selections(table: pd.DataFrame, spec: StudySpec, state: StudyState) -> list[
     """Each baseline at its base settings, then each searched method at the setting validation chose; the
     adaptive confirmation's rounds add to the two methods they ran."""
     scored = table[table[spec.metric.best].notna()]
-    rounds = scored[scored.phase.map(phases.is_confirmation)]
+    rounds = scored[scored.phase.map(phases.is_added_round)]
     chosen = []
     for method, rows in scored[scored.phase == phases.BASELINES.name].groupby("method", sort=False):
         chosen.append(Selection(str(method), "base settings", {}, _with_rounds(rows, rounds, method)))

@@ -1,13 +1,13 @@
 """Run a study: check everything it needs, then run its phases as Ray Tune experiments recorded in MLflow.
 
 Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase>``:
-1. ``baselines`` — each baseline method once per verdict seed (``rerun_best.seeds`` when given, else ``seeds``)
-   with the base settings (no early stopping);
-2. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
+1. ``search-<method>`` — the search (Optuna grid / TPE / random) with ASHA; a grid covers every combination
    with every seed, TPE and random draw ``num_samples`` settings per method at the first seed;
-3. ``rerun-<method>`` — with ``rerun_best``, each method's best setting again over the re-run seeds (the first
-   ``min`` of an adaptive range);
-4. ``confirm-<round>`` — adaptive confirmation: after each round, the primary comparison's anytime-valid rule
+2. ``confirm-1`` — with ``rerun_best``, each baseline method with the base settings (no early stopping; its
+   trials tagged ``baselines``) and each method's best setting again (tagged ``rerun-<method>``), over the verdict
+   seeds (``rerun_best.seeds``, the first ``min`` of an adaptive range); one phase, so that its trials fill every
+   slot. Without ``rerun_best``, ``baselines``: the baselines alone over ``seeds``;
+3. ``confirm-<round>`` — adaptive confirmation: after each round, the primary comparison's anytime-valid rule
    (study.verdicts) looks at every paired seed so far; until it decides, or ``max`` seeds, or the time budget,
    the next round runs both of its methods on the next seeds.
 Every trial is a child run of one MLflow parent run per study execution. ``study.json`` in the study directory
@@ -140,24 +140,17 @@ def _run_phases(spec: StudySpec, study_dir: Path, tracking: Tracking, train_size
     client = MlflowClient(tracking.tracking_uri)
     state = StudyState.read(study_dir)
     planned = sum(phase_trials(spec, phase) for phase in planned_phases(spec)) + \
-        sum(phase_trials(spec, phases.Phase.parse(name)) for name in state.phases if phases.is_confirmation(name))
+        sum(phase_trials(spec, phases.Phase.parse(name)) for name in state.phases if phases.is_added_round(name))
     most = None  # adaptive confirmation may add up to two trials for each seed it has not run
     if spec.adaptive:
         most = planned if state.stopped else \
             planned + 2 * (len(spec.confirmation_seeds) - _confirmed_seeds(spec, state))
     progress = StudyProgress(planned, spec.metric, most=most)
     try:
-        if spec.fixed_baselines:
-            controls = _fixed(spec.fixed_baselines, spec.verdict_seeds)
-            _phase(spec, study_dir, tracking, progress, phases.BASELINES, controls)
         best = {}
         for method, search in _searches(spec, train_size).items():
             best[method] = _phase(spec, study_dir, tracking, progress, phases.search(method), {}, search).best
-        if spec.rerun_best:
-            for method, setting in best.items():
-                if setting is not None:
-                    rerun = _fixed([method], spec.verdict_seeds, setting)
-                    _phase(spec, study_dir, tracking, progress, phases.rerun(method), rerun)
+        _first_round(spec, study_dir, tracking, progress, best)
         if spec.adaptive:
             _confirm(spec, study_dir, tracking, progress, best)
     except BaseException:
@@ -188,12 +181,15 @@ def end_parent(state: StudyState) -> None:
 
 
 def planned_phases(spec: StudySpec) -> list[Phase]:
-    """The phases a run of ``spec`` goes through (a re-run phase only happens where its search found a setting)."""
-    return ([phases.BASELINES] if spec.fixed_baselines else []) + [phases.search(m) for m in spec.searched] + \
-        ([phases.rerun(m) for m in spec.searched] if spec.rerun_best else [])
+    """The phases a run of ``spec`` goes through before any adaptive round."""
+    first = [phases.FIRST_ROUND] if spec.rerun_best else [phases.BASELINES] if spec.fixed_baselines else []
+    return [phases.search(m) for m in spec.searched] + first
 
 
 def phase_trials(spec: StudySpec, phase: Phase) -> int:
+    """The trials ``phase`` runs (round 1: as if every search found a setting to re-run)."""
+    if phase == phases.FIRST_ROUND:
+        return spec.baseline_trials + len(spec.searched) * len(spec.verdict_seeds)
     if phase.kind is PhaseKind.BASELINES:
         return spec.baseline_trials
     if phase.kind is PhaseKind.RERUN:
@@ -203,6 +199,26 @@ def phase_trials(spec: StudySpec, phase: Phase) -> int:
     return spec.method_search_trials(phase.method)
 
 
+def _first_round(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress,
+                 best: dict[str, dict | None]) -> None:
+    """The fixed baselines at their base settings and, with ``rerun_best``, each searched method at its chosen
+    setting, on the verdict seeds: one phase whose trials are tagged with the study phase they belong to."""
+    seeds = spec.verdict_seeds
+    reruns = {method: setting for method, setting in best.items() if setting is not None} if spec.rerun_best else {}
+    state = StudyState.read(study_dir)
+    legacy = {phases.BASELINES: _fixed(spec.fixed_baselines, seeds)} | {
+        phases.rerun(method): _fixed([method], seeds, setting) for method, setting in reruns.items()}
+    for phase, param_space in legacy.items():  # begun as a phase of its own (by selfd before 2026-11-30)
+        if state.ended(phase) is None and (study_dir / "tune" / phase.name).exists():
+            _phase(spec, study_dir, tracking, progress, phase, param_space)
+    state = StudyState.read(study_dir)
+    tags = {str(m): phases.BASELINES.name for m in spec.fixed_baselines if not state.ended(phases.BASELINES)} | {
+        str(m): phases.rerun(m).name for m in reruns if not state.ended(phases.rerun(m))}
+    if tags:
+        _phase(spec, study_dir, tracking, progress, phases.FIRST_ROUND if spec.rerun_best else phases.BASELINES,
+               _fixed(list(tags), seeds), settings=reruns, tags=tags)
+
+
 def _round_seeds(spec: StudySpec, round_number: int) -> list[int]:
     """The seeds confirmation round ``round_number`` (2, 3, …) adds."""
     first = spec.adaptive.min + (round_number - 2) * spec.round_seeds
@@ -210,7 +226,7 @@ def _round_seeds(spec: StudySpec, round_number: int) -> list[int]:
 
 
 def _confirmed_seeds(spec: StudySpec, state: StudyState) -> int:
-    rounds = [name for name in state.phases if phases.is_confirmation(name)]
+    rounds = [name for name in state.phases if phases.is_added_round(name)]
     return len(spec.verdict_seeds) + sum(len(_round_seeds(spec, phases.Phase.parse(n).round)) for n in rounds)
 
 
@@ -254,25 +270,44 @@ def _confirmation_stop(spec: StudySpec, study_dir: Path, state: StudyState, roun
     if not _round_seeds(spec, round_number):
         return StopReason.MAX_SEEDS
     budget = spec.rerun_best.budget_minutes
-    rounds = [record.seconds for name, record in state.phases.items() if phases.is_confirmation(name)]
-    reruns = [record.seconds for name, record in state.phases.items() if name.startswith(PhaseKind.RERUN)]
-    next_round = rounds[-1] if rounds else max(reruns, default=0.0)  # the last round's time, else a re-run's
-    if budget is not None and state.seconds + next_round > budget * 60:
+    if budget is not None and state.seconds + _round_seconds(spec, state, round_number) > budget * 60:
         return StopReason.BUDGET
     return None
 
 
+def _round_seconds(spec: StudySpec, state: StudyState, round_number: int) -> float:
+    """How long round ``round_number`` should take: the last added round's seconds, else round 1's per wave of
+    trials (as many as run at once) times the waves of this round (a study begun before round 1 was one phase:
+    its longest re-run phase)."""
+    rounds = [record.seconds for name, record in state.phases.items() if phases.is_added_round(name)]
+    if rounds:
+        return rounds[-1]
+    first = state.ended(phases.FIRST_ROUND)
+    if first is None:
+        return max((record.seconds for name, record in state.phases.items() if name.startswith(PhaseKind.RERUN)),
+                   default=0.0)
+
+    def waves(trials: int) -> int:
+        return -(-trials // spec.max_concurrent_trials)
+
+    return first.seconds * waves(phase_trials(spec, phases.confirm(round_number))) / \
+        waves(phase_trials(spec, phases.FIRST_ROUND))
+
+
 def _phase(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-           param_space: dict, search: Search | None = None, settings: dict[str, dict] | None = None) -> PhaseRecord:
+           param_space: dict, search: Search | None = None, settings: dict[str, dict] | None = None,
+           tags: dict[str, str] | None = None) -> PhaseRecord:
     """Run (or, after an interruption, finish) one phase; returns its record: failed trials, best setting and
-    seconds. ``settings``: per method, the searched values its trials run at (default: its base settings)."""
+    seconds. ``settings``: per method, the searched values its trials run at (default: its base settings);
+    ``tags``: per method, the study phase its trials are tagged with (default: this phase)."""
     ended = StudyState.read(study_dir).ended(phase)
     if ended is not None:
         progress.phase_ended(phase_trials(spec, phase))
         return ended
     progress.phase = phase.name
     started = time.monotonic()
-    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search, settings or {})
+    tags = tags or {str(method): phase.name for method in {*spec.methods, *spec.baselines}}
+    results = _fit(spec, study_dir, tracking, progress, phase, param_space, search, settings or {}, tags)
     progress.phase_ended(len(results))
     best = best_setting(results, spec, phase.method) if search else None
     record = PhaseRecord(best, round(time.monotonic() - started, 1))
@@ -391,7 +426,7 @@ def _fixed(methods: list[str], seeds: list[int], setting: dict | None = None) ->
 
 
 def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyProgress, phase: Phase,
-         param_space: dict, search: Search | None, settings: dict[str, dict]):
+         param_space: dict, search: Search | None, settings: dict[str, dict], tags: dict[str, str]):
     """Run one phase as a Tune experiment, or resume it where an earlier run left it; returns its ResultGrid."""
     from ray import tune
 
@@ -400,7 +435,7 @@ def _fit(spec: StudySpec, study_dir: Path, tracking: Tracking, progress: StudyPr
     base_runs = {str(method): with_values(spec.base_run(method), settings.get(str(method), {}))
                  for method in {*spec.methods, *spec.baselines}}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(phase.name, study_dir)),
+        tune.with_parameters(run_trial, base_runs=base_runs, tracking=tracking.for_trials(tags, study_dir)),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = study_dir / "tune" / phase.name
     if tune.Tuner.can_restore(path):

@@ -207,6 +207,13 @@ class StudySpec(RunSettings):
         return name
 
     @model_validator(mode="after")
+    def _each_method_once(self) -> StudySpec:
+        both = [str(method) for method in self.methods if method in self.baselines]
+        if both:
+            raise ValueError(f"{both[0]} is both in methods (searched) and in baselines (a control): list it once")
+        return self
+
+    @model_validator(mode="after")
     def _adaptive_has_a_primary(self) -> StudySpec:
         if not self.adaptive:
             return self
@@ -381,8 +388,6 @@ def check_runs(spec: StudySpec) -> None:
     check_scheduler(spec)
     if spec.tune_baselines:
         for method in spec.baselines:
-            if method in spec.methods:
-                raise ConfigError(f"tune_baselines: {method} is both a searched method and a baseline; list it once")
             if not spec.space_for(method):
                 raise ConfigError(f"tune_baselines: {method} ignores every searched field "
                                   f"({', '.join(spec.search.space)}); search a field it reads (a training.* one, "

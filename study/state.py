@@ -1,9 +1,12 @@
 """A study's state on disk (``<study dir>/study.json``): where it is recorded, the phases that have ended, and
 whether it has finished. Phase names are made and read here only.
 
-Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase name>``:
-``baselines``; ``search-<method>`` per searched method; ``rerun-<method>`` per re-run best setting; with
-adaptive confirmation, ``confirm-<round>`` per round after the first (the re-runs are round 1).
+Phases, in order, each one Tune experiment under ``<study dir>/tune/<phase name>``: ``search-<method>`` per
+searched method; then, with ``rerun_best``, ``confirm-1``: the fixed baselines and each searched method's chosen
+setting on the verdict seeds, whose trials are tagged ``baselines`` and ``rerun-<method>`` (without
+``rerun_best``, the fixed baselines alone, as the phase ``baselines``); with adaptive confirmation, ``confirm-<n>``
+per added round, n = 2, 3, … (Studies begun by selfd before 2026-11-30 ran ``baselines`` first and each
+``rerun-<method>`` as a phase of its own; they resume as they began.)
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ class PhaseKind(StrEnum):
     BASELINES = "baselines"  # each baseline method once per seed, base settings
     SEARCH = "search"  # a method's search over the space
     RERUN = "rerun"  # a method's best setting again over the re-run seeds
-    CONFIRM = "confirm"  # a round of adaptive confirmation: the primary comparison's two methods on more seeds
+    # round 1: the baselines and re-runs on the verdict seeds; each later (adaptive) round: the primary
+    # comparison's two methods on more seeds
+    CONFIRM = "confirm"
 
 
 class StopReason(StrEnum):
@@ -42,7 +47,7 @@ class StopReason(StrEnum):
 class Phase:
     kind: PhaseKind
     method: Method | None = None  # None for the baselines and confirmation rounds
-    round: int | None = None  # a confirmation round's number (2, 3, …)
+    round: int | None = None  # a confirmation round's number (1, 2, …)
 
     @property
     def name(self) -> str:
@@ -76,9 +81,12 @@ def confirm(round_number: int) -> Phase:
     return Phase(PhaseKind.CONFIRM, round=round_number)
 
 
-def is_confirmation(name: str) -> bool:
-    """Whether a phase name is an adaptive confirmation round's."""
-    return name.partition("-")[0] == PhaseKind.CONFIRM
+FIRST_ROUND = confirm(1)
+
+
+def is_added_round(name: str) -> bool:
+    """Whether a phase name (or a trial's phase tag) is an adaptive confirmation round's after the first."""
+    return name.partition("-")[0] == PhaseKind.CONFIRM and name != FIRST_ROUND.name
 
 @dataclass(frozen=True)
 class PhaseRecord:

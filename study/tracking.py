@@ -41,8 +41,8 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
 
-    def for_trials(self, phase: str, study_dir: Path) -> TrialTracking:
-        return TrialTracking(self.tracking_uri, self.experiment_id, self.parent_run_id, phase,
+    def for_trials(self, phases: dict[str, str], study_dir: Path) -> TrialTracking:
+        return TrialTracking(self.tracking_uri, self.experiment_id, self.parent_run_id, phases,
                              str(study_dir / UNSENT_DIR))
 
     def run_url(self, server: str) -> str:

@@ -261,7 +261,7 @@ def test_best_settings_and_tuned_baselines_rerun_over_seeds_with_verdicts(local_
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress: ")]
     assert [int(re.match(r"progress: (\d+)/7 trials", line).group(1)) for line in progress] == list(range(1, 8))
     assert all("about" in line and "left" in line for line in progress[:-1]) and progress[-1].endswith("done")
-    assert sum("rerun-static: method=static" in line and "best_val_accuracy 0." in line for line in progress) == 2
+    assert sum("confirm-1: method=static" in line and "best_val_accuracy 0." in line for line in progress) == 2
     _, _, _, children = study_runs(study_dir)
     phases = sorted(c.data.tags["selfd.phase"] for c in children)
     assert {c.data.params["training.seed"] for c in children if c.data.tags["selfd.phase"].startswith("rerun-")} \
@@ -354,7 +354,7 @@ def test_adaptive_confirmation_adds_rounds_until_max_seeds_and_says_undetermined
     out, err = capsys.readouterr()
     state = StudyState.read(study_dir)
     assert state.stopped is StopReason.MAX_SEEDS
-    assert [name for name in state.phases] == ["baselines", "search-static", "rerun-static", "confirm-2"]
+    assert [name for name in state.phases] == ["search-static", "confirm-1", "confirm-2"]
     progress = [line for line in err.splitlines() if line.startswith("progress: ")]
     assert progress[0].startswith("progress: 1/7 (up to 9) trials") and progress[-1].startswith("progress: 9/9")
     assert progress[-1].endswith("done")

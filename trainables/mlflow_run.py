@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrialTracking:
-    """Where a trial records itself: the study's store, experiment and parent run, the phase it belongs to (its
-    name, as ``study.state.Phase`` writes it), and the folder for records MLflow could not take."""
+    """Where a trial records itself: the study's store, experiment and parent run, the study phase each method's
+    trials belong to (method → phase name, as ``study.state.Phase`` writes it: one Tune experiment can run several
+    phases' trials), and the folder for records MLflow could not take."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    phase: str
+    phases: dict[str, str]
     unsent_dir: str
 
 

@@ -64,7 +64,7 @@ def run_trial(config: dict, *, base_runs: dict[str, dict], tracking: TrialTracki
     params = flatten(run_config.model_dump(mode="json"))
     run = TrialRun(tracking.tracking_uri, tracking.experiment_id, tracking.parent_run_id,
                    context.get_trial_id(), context.get_trial_name(), params,
-                   tags={PHASE_TAG: tracking.phase, METHOD_TAG: method,
+                   tags={PHASE_TAG: tracking.phases[method], METHOD_TAG: method,
                          "selfd.node_id": ray.get_runtime_context().get_node_id()},
                    unsent_dir=tracking.unsent_dir)
     log_seconds = time.perf_counter() - creating
