@@ -28,7 +28,11 @@ settings.load_profile("selfd")
 # study keeps both cores busy, but not all the time: a study's driver and its trials start one process at a time).
 # The other worker takes every other module whole, in the gaps (each module's fixtures run once, on one worker).
 # Without -n, pytest runs them all in order.
-SHARED_STUDY_MODULES = {"test_study", "test_ui", "test_resume", "test_faults", "test_lm_fine_tune", "test_study_spec"}
+SHARED_STUDY_MODULES = {"test_study", "test_ui", "test_resume", "test_faults", "test_study_spec"}
+# Each worker's share of the CPUs, the threads of a run a test trains in its own process: with more threads than
+# cores, torch's threads wait on each other (a decoder fine-tune took 30 s with 2 threads beside a busy core, 19 s
+# with 1, 15 s with 2 on an idle machine)
+TEST_CPUS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -44,13 +48,13 @@ def pytest_xdist_make_scheduler(config, log):
     return StudiesTogether(config, log)
 
 
-# Small enough to train in seconds on 2 CPU cores, real enough to learn: 2 of MiniLM's 6 blocks.
+# Small enough to train in seconds on a CPU core, real enough to learn: 2 of MiniLM's 6 blocks.
 FAST = {
     "model": {"name": "minilm-l6", "num_layers": 2},
     "task": {"name": "epistemic_reasoning", "max_length": 96, "train_subset": 48, "validation_subset": 64,
              "test_subset": 64},
     "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-4, "log_every": 1, "grad_norm_every": 2,
-                 "cpus": 2},
+                 "cpus": TEST_CPUS},
 }
 
 

@@ -1,18 +1,14 @@
 """SmolLM2-135M (its first 2 blocks, short sequences) on strategyqa_gen: a real few-step fine-tune with
-DynSDPB whose training loss falls and whose evaluation generates and scores, and a 2-trial study through Ray
-Tune and MLflow."""
+DynSDPB whose training loss falls and whose evaluation generates and scores (a 2-trial decoder study through Ray
+Tune and MLflow is in test_study.py)."""
 
 from __future__ import annotations
 
-import json
 import statistics
 
 import pytest
-import yaml
-from mlflow import MlflowClient
 
-from conftest import RecordingReporter
-from study.cli import main
+from conftest import TEST_CPUS, RecordingReporter
 from trainables.config import parse_config
 from trainables.recipe import fine_tune
 
@@ -24,7 +20,7 @@ def test_dynamic_token_level_fine_tune_learns_and_generates(storage):
         "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 12, "train_subset": 16,
                  "validation_subset": 4},
         "training": {"epochs": 3, "batch_size": 4, "learning_rate": 3e-4, "log_every": 1, "grad_norm_every": 4,
-                     "cpus": 2},
+                     "cpus": TEST_CPUS},
         "distill": {"teacher_storage": storage, "topk": 32}})
     reporter = RecordingReporter()
     summary = fine_tune(config, reporter)
@@ -49,7 +45,7 @@ def test_lora_trains_only_the_adapters():
         "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 12, "train_subset": 16,
                  "validation_subset": 2},
         "training": {"epochs": 3, "batch_size": 4, "learning_rate": 3e-3, "log_every": 1, "grad_norm_every": 0,
-                     "cpus": 2}})
+                     "cpus": TEST_CPUS}})
     model = load_causal_lm(resolve_model("smollm2-135m"), 2, lora=config.model.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 0 < trainable < 0.01 * sum(p.numel() for p in model.parameters())
@@ -57,25 +53,3 @@ def test_lora_trains_only_the_adapters():
     fine_tune(config, reporter)
     losses = [m["loss"] for _, m in reporter.steps if "loss" in m]
     assert statistics.mean(losses[-4:]) < 0.8 * statistics.mean(losses[:4]), losses
-
-
-def test_a_two_trial_decoder_study_through_tune_and_mlflow(local_ray, tmp_path):
-    spec = {"name": "nlg_tiny", "methods": ["dynamic"], "baselines": [], "seeds": [0],
-            "model": {"name": "smollm2-135m", "num_layers": 2},
-            "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 8, "train_subset": 8,
-                     "validation_subset": 4},
-            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-4, "log_every": 1, "grad_norm_every": 2},
-            "distill": {"teacher_storage": "topk", "topk": 32},
-            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
-            "scheduler": {"type": "none"}, "resources": {"cpu": 1}, "max_concurrent_trials": 2,
-            "metric": "val_rougeL"}
-    path = tmp_path / "nlg.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    assert main(["run", str(path), "--study-dir", str(tmp_path / "study")]) == 0
-    info = json.loads((tmp_path / "study" / "study.json").read_text())
-    client = MlflowClient(info["tracking_uri"])
-    children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
-    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
-    for child in children:
-        assert {"val_rougeL", "val_accuracy", "kd", "alpha_mean", "grad_norm/block_00"} <= set(child.data.metrics)
-    assert "best_val_rougeL" in (tmp_path / "study" / "report" / "results.csv").read_text()

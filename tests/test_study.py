@@ -391,3 +391,23 @@ def test_importances_are_left_out_where_every_trial_scored_alike(tmp_path):
     rows[0]["best_val_accuracy"] = 0.9
     assert set(importance_figure(pd.DataFrame(rows), spec, tmp_path)) == {"static"}
     assert (tmp_path / "epistemic_reasoning_importance.png").is_file()
+
+
+def test_a_two_trial_decoder_study_through_tune_and_mlflow(local_ray, tmp_path):
+    spec = {"name": "nlg_tiny", "methods": ["dynamic"], "baselines": [], "seeds": [0],
+            "model": {"name": "smollm2-135m", "num_layers": 2},
+            "task": {"name": "strategyqa_gen", "max_length": 64, "max_target_length": 8, "train_subset": 8,
+                     "validation_subset": 4},
+            "training": {"epochs": 1, "batch_size": 4, "learning_rate": 3e-4, "log_every": 1, "grad_norm_every": 2},
+            "distill": {"teacher_storage": "topk", "topk": 32},
+            "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0]}}},
+            "scheduler": {"type": "none"}, "resources": {"cpu": 1}, "max_concurrent_trials": 2,
+            "metric": "val_rougeL"}
+    assert main(["run", str(write_spec(tmp_path, spec)), "--study-dir", str(tmp_path / "study")]) == 0
+    info = json.loads((tmp_path / "study" / "study.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    for child in children:
+        assert {"val_rougeL", "val_accuracy", "kd", "alpha_mean", "grad_norm/block_00"} <= set(child.data.metrics)
+    assert "best_val_rougeL" in (tmp_path / "study" / "report" / "results.csv").read_text()

@@ -146,12 +146,12 @@ def test_controls_run_on_the_seeds_the_verdicts_compare(capsys):
     spec = load_spec(SPECS / "fig3_rte_cpu.yaml")  # the grid at seed 0, its chosen cell re-run at seeds 1–3
     assert (spec.seeds, spec.verdict_seeds) == ([0], [1, 2, 3])
     planned = (phases.search("static"), phases.FIRST_ROUND, phases.confirm(2))
-    assert [phase_trials(spec, phase) for phase in planned] == [9, 3 * 3 + 3, 2]
+    assert [phase_trials(spec, phase) for phase in planned] == [9, 2 * 3 + 3, 2]
     assert main(["validate", str(SPECS / "fig3_rte_cpu.yaml"), "--override", "rerun_best=null"]) == 0
     assert main(["validate", str(SPECS / "fig3_rte_cpu.yaml")]) == 0
     without, with_reruns = capsys.readouterr().out.splitlines()
-    assert without.endswith("9 search trials (grid, static), 3 baseline trials")
-    assert with_reruns.endswith("9 search trials (grid, static), 9 baseline trials, 3 re-run trials, then up to 42 "
+    assert without.endswith("9 search trials (grid, static), 2 baseline trials")
+    assert with_reruns.endswith("9 search trials (grid, static), 6 baseline trials, 3 re-run trials, then up to 42 "
                                 "confirmation trials in rounds of 1 seed (static vs vanilla_repeat)")
 
 
