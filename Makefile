@@ -38,7 +38,7 @@ browser:
 	fi
 
 test: install
-	$(BIN)/python -m pytest -n 2 --durations=10
+	$(BIN)/python -m pytest -n 3 --durations=10
 
 # The two CPU Figure 3 sweeps, each photographed in the MLflow UI (headless Chromium), then where to look.
 # Run again, it keeps what the first run found (`--if-exists continue`): a finished sweep's report is rebuilt and

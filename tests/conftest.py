@@ -23,12 +23,13 @@ settings.register_profile("selfd", max_examples=30, deadline=None, derandomize=T
 settings.register_profile("long", parent=settings.get_profile("selfd"), max_examples=2000, derandomize=False)
 settings.load_profile("selfd")
 
-# `make test` runs two pytest-xdist workers (`-n 2`). One runs the modules that run studies on the embedded Ray
-# instance and the MLflow servers on PostgreSQL, one after another (they share that instance and that server; each
-# study keeps both cores busy, but not all the time: a study's driver and its trials start one process at a time).
-# The other worker takes every other module whole, in the gaps (each module's fixtures run once, on one worker).
-# Without -n, pytest runs them all in order.
-SHARED_STUDY_MODULES = {"test_study", "test_ui", "test_resume", "test_faults", "test_study_spec"}
+# `make test` runs three pytest-xdist workers (`-n 3`) on the 2 cores: much of a study test's time is one process at
+# a time starting (Ray, MLflow servers, trial actors, Chromium), which leaves a core idle that a third worker fills.
+# Modules that share a session fixture run on one worker, one after another: the studies on the embedded Ray
+# instance, and the tests with MLflow servers on PostgreSQL. Every other module runs whole on any worker (each
+# module's fixtures run once, on one worker). Without -n, pytest runs them all in order.
+SHARED_SCOPES = {"test_study": "studies", "test_study_spec": "studies",
+                 "test_ui": "servers", "test_resume": "servers", "test_faults": "servers"}
 # Each worker's share of the CPUs, the threads of a run a test trains in its own process: with more threads than
 # cores, torch's threads wait on each other (a decoder fine-tune took 30 s with 2 threads beside a busy core, 19 s
 # with 1, 15 s with 2 on an idle machine)
@@ -40,12 +41,12 @@ def pytest_xdist_make_scheduler(config, log):
     # xdist's own `--dist loadgroup` marks groups in a way pytest 9 no longer reads: a scheduler says it instead
     from xdist.scheduler import LoadScopeScheduling
 
-    class StudiesTogether(LoadScopeScheduling):
+    class SharedFixturesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "studies" if Path(module).stem in SHARED_STUDY_MODULES else module
+            return SHARED_SCOPES.get(Path(module).stem, module)
 
-    return StudiesTogether(config, log)
+    return SharedFixturesTogether(config, log)
 
 
 # Small enough to train in seconds on a CPU core, real enough to learn: 2 of MiniLM's 6 blocks.

@@ -1,5 +1,6 @@
 """Studies end to end on a real local Ray instance with a real MLflow sqlite store."""
 
+import dataclasses
 import json
 import re
 import struct
@@ -341,7 +342,7 @@ def test_choices_are_blind_to_the_test_labels(grid_study, tmp_path):
 def test_adaptive_confirmation_adds_rounds_until_max_seeds_and_says_undetermined(local_ray, tmp_path, capsys):
     """rerun_best.seeds as a range: 3 seeds, then a seed a round to the primary comparison's two methods; with 4
     seeds at most the anytime-valid rule cannot decide (its e-value stays below 20), so it stops at max seeds."""
-    from study.runner import _confirmation_stop
+    from study.runner import _confirmation_stop, _round_seconds
     from study.spec import StudySpec
     from study.state import StopReason, StudyState
 
@@ -374,6 +375,10 @@ def test_adaptive_confirmation_adds_rounds_until_max_seeds_and_says_undetermined
                                          "rerun_best": {"seeds": {"min": 3, "max": 9, "round": 1},
                                                         "budget_minutes": state.seconds / 60 + 0.001}})
     assert _confirmation_stop(budgeted, study_dir, state, 4) is StopReason.BUDGET
+    # before any added round, a round is timed as a wave of round 1's: 6 trials, 2 at a time, against 2
+    before = dataclasses.replace(state, phases={name: r for name, r in state.phases.items() if name != "confirm-2"})
+    assert _round_seconds(budgeted, before, 2) == pytest.approx(state.phases["confirm-1"].seconds / 3)
+    assert _round_seconds(budgeted, state, 3) == state.phases["confirm-2"].seconds
 
 
 def test_importances_are_left_out_where_every_trial_scored_alike(tmp_path):
