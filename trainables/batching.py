@@ -24,9 +24,13 @@ GROUP_BATCHES = 50  # batches a length-sorted group holds (transformers' LengthG
 
 def fresh_batches(num_samples: int, size: int, generator: torch.Generator,
                   lengths: Tensor | None = None) -> list[Tensor]:
-    """One epoch of sample indices in a seeded random order, cut into batches of ``size``; with the samples'
-    ``lengths``, each group of ``GROUP_BATCHES`` batches is sorted longest first before it is cut."""
-    order = torch.randperm(num_samples, generator=generator)
+    """One epoch of sample indices in a seeded random order, cut into batches of ``size`` (``cut_batches``)."""
+    return cut_batches(torch.randperm(num_samples, generator=generator), size, lengths)
+
+
+def cut_batches(order: Tensor, size: int, lengths: Tensor | None = None) -> list[Tensor]:
+    """``order`` cut into batches of ``size``; with the samples' ``lengths``, each group of ``GROUP_BATCHES``
+    batches is sorted longest first before it is cut."""
     if lengths is None:
         return list(order.split(size))
     groups = order.split(GROUP_BATCHES * size)

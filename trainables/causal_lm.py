@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from trainables.generation_tasks import load_generation_task, score_generations, tokenized_generation_task
-from trainables.losses import extremes
+from trainables.losses import StepShare, extremes
 from trainables.metrics import Metric, on_test
 from trainables.models import load_causal_lm, load_tokenizer, resolve_model
 from trainables.token_teachers import TokenTeachers, aligned, keep_teachers, per_sample, token_kl
@@ -38,7 +38,6 @@ class Step:
     values: dict[str, Tensor]
     logits: Tensor  # (N, T, V) at target positions
     targets: Tensor  # (N, T), -100 off target tokens
-    mask: Tensor  # (N, T) bool: target tokens
 
 
 class CausalLMObjective:
@@ -67,28 +66,14 @@ class CausalLMObjective:
         input_ids, attention, targets = _collate(self.train_rows, ids, self.tokenizer.pad_token_id, self.device)
         with self.autocast():
             logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
-        mask = targets != -100
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        loss, values = ce, {"ce": ce}
-        if teachers is not None:
-            revisits = len(teachers.targets)
-            cut, kd_mask = aligned(teachers, targets[:revisits], mask[:revisits])
-            kl = token_kl(logits[:revisits, :cut.mask.shape[1]], cut, kd_mask)
-            loss = ce + per_sample(cut.alpha * kl, kd_mask).mean()
-            values |= {"kd": per_sample(kl, kd_mask).mean(), "wrong_teachers": _wrong_teachers(cut, kd_mask),
-                       **extremes("alpha", cut.alpha[kd_mask]), **extremes("tau", cut.tau[kd_mask])}
-        values["loss"] = loss
-        return Step(loss, values, logits, targets, mask)
+        taught = None if teachers is None else slice(0, len(teachers.targets))
+        loss, values = loss_terms(logits, targets, teachers, taught)
+        return Step(loss, values, logits, targets)
 
     def keep(self, step: Step, positions: Tensor, step_number: int, total_steps: int) -> TokenTeachers:
-        """The next step's teachers: the rule's per-token α, τ (from the full distribution) for the sequences at
-        ``positions``, then the configured storage. The rule sees the step they will teach in."""
-        positions = positions.to(step.logits.device)
-        logits, targets, mask = step.logits.detach()[positions], step.targets[positions], step.mask[positions]
-        labels = targets.clamp(min=0)  # prompt and padding positions carry -100; they are masked out anyway
-        distill = self.config.distill
-        alpha, tau = self.rule(logits, labels, step_number + 1, total_steps, distill.alpha, distill.tau)
-        return keep_teachers(logits, labels, mask, alpha * mask, tau, distill.teacher_storage, distill.topk)
+        """The next step's teachers: the sequences at ``positions`` of this step's batch (``kept_teachers``)."""
+        return kept_teachers(step.logits, step.targets, positions, self.rule, step_number + 1, total_steps,
+                             self.config.distill)
 
     def score_validation(self, model) -> dict[str, float]:
         """Validation scores (``val_…``); evaluation never touches the training teachers."""
@@ -132,6 +117,42 @@ class CausalLMObjective:
 
     def summary(self) -> dict:
         return {"task": self.data.name, "test_size": self.test_size}
+
+
+def loss_terms(logits: Tensor, targets: Tensor, teachers: TokenTeachers | None, taught: slice | Tensor | None,
+               share: StepShare | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss and the logged values of a batch of causal-LM ``logits`` (N, T, V) at target positions: the CE over
+    every target token plus, over the revisited sequences (the rows ``taught``, whose teachers are ``teachers`` in
+    that order), the mean of the per-sequence KD term (α_t · τ_t² · KL averaged over the aligned target tokens).
+    α_t and τ_t were chosen when the teachers were kept (``kept_teachers``). ``share`` (default: this batch is the
+    whole optimizer step) gives the step's counts; α, τ and wrong-teacher means are per token within a batch."""
+    mask = targets != -100
+    share = share or StepShare(mask.sum(), 0 if teachers is None else len(teachers.targets))
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum") / share.items
+    loss, values = ce, {"ce": ce}
+    if teachers is not None:
+        cut, kd_mask = aligned(teachers, targets[taught], mask[taught])
+        kl = token_kl(logits[taught, :cut.mask.shape[1]], cut, kd_mask)
+        loss = ce + per_sample(cut.alpha * kl, kd_mask).sum() / share.revisited
+        weight = share.of_revisited(len(cut.targets))
+        values |= {"kd": per_sample(kl, kd_mask).mean() * weight,
+                   "wrong_teachers": _wrong_teachers(cut, kd_mask) * weight,
+                   **extremes("alpha", cut.alpha[kd_mask], weight), **extremes("tau", cut.tau[kd_mask], weight)}
+    values["loss"] = loss
+    return loss, values
+
+
+def kept_teachers(logits: Tensor, targets: Tensor, rows: Tensor, rule, step: int, total_steps: int,
+                  distill) -> TokenTeachers:
+    """Teachers for the sequences at ``rows`` of a batch (logits (N, T, V) at target positions): the rule's per-token
+    α, τ at ``step`` (the step they will teach in) from the full distribution, with C = V and y = the target token,
+    then stored as ``distill.teacher_storage`` says."""
+    rows = rows.to(logits.device)
+    logits, targets = logits.detach()[rows], targets[rows]
+    mask = targets != -100
+    labels = targets.clamp(min=0)  # prompt and padding positions carry -100; they are masked out anyway
+    alpha, tau = rule(logits, labels, step, total_steps, distill.alpha, distill.tau)
+    return keep_teachers(logits, labels, mask, alpha * mask, tau, distill.teacher_storage, distill.topk)
 
 
 def _wrong_teachers(teachers: TokenTeachers, valid: Tensor) -> Tensor:

@@ -77,18 +77,8 @@ class ClassificationObjective:
         labels = batch.pop("labels")
         with self.autocast():
             logits = model(**batch).logits
-        ce = F.cross_entropy(logits.float(), labels)
-        loss, values = ce, {"ce": ce}
-        if teachers is not None:
-            revisited = len(teachers.logits)
-            distill = self.config.distill
-            alpha, tau = self.rule(teachers.logits, labels[:revisited], step, total_steps, distill.alpha, distill.tau)
-            kd = losses.kd_term(logits[:revisited], teachers.logits, tau)
-            loss = ce + (alpha * kd).mean()
-            _, discrimination = losses.teacher_signals(teachers.logits, labels[:revisited])
-            values |= {"kd": kd.mean(), "wrong_teachers": (discrimination <= 0).float().mean(),
-                       **losses.extremes("alpha", alpha), **losses.extremes("tau", tau)}
-        values["loss"] = loss
+        taught = None if teachers is None else slice(0, len(teachers.logits))
+        loss, values = loss_terms(logits, labels, teachers, taught, self.rule, step, total_steps, self.config.distill)
         return Step(loss, values, logits)
 
     def keep(self, step: Step, positions: Tensor, step_number: int, total_steps: int) -> LogitTeachers:
@@ -133,6 +123,29 @@ class ClassificationObjective:
     def summary(self) -> dict:
         return {"task": self.task.name, "majority_accuracy": self.task.majority_accuracy,
                 "test_majority_accuracy": self.task.test_majority_accuracy, "test_size": self.test_size}
+
+
+def loss_terms(logits: Tensor, labels: Tensor, teachers: LogitTeachers | None, taught: slice | Tensor | None, rule,
+               step: int, total_steps: int, distill, share: losses.StepShare | None = None
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss and the logged values of a batch of classifier ``logits`` (N, C): the mean CE over every sample
+    plus, over the revisited samples (the rows ``taught``, whose teachers are ``teachers`` in that order),
+    (1/|R|) Σ α_i · τ_i² · KL(teacher_i ‖ student_i) with (α_i, τ_i) from ``rule`` at ``step``, the step the
+    teachers teach in. ``share`` (default: this batch is the whole optimizer step) gives the step's counts."""
+    share = share or losses.StepShare(len(labels), 0 if teachers is None else len(teachers.logits))
+    ce = F.cross_entropy(logits.float(), labels, reduction="sum") / share.items
+    loss, values = ce, {"ce": ce}
+    if teachers is not None:
+        their_labels = labels[taught]
+        alpha, tau = rule(teachers.logits, their_labels, step, total_steps, distill.alpha, distill.tau)
+        kd = losses.kd_term(logits[taught], teachers.logits, tau)
+        loss = ce + (alpha * kd).sum() / share.revisited
+        _, discrimination = losses.teacher_signals(teachers.logits, their_labels)
+        weight = share.of_revisited(len(kd))
+        values |= {"kd": kd.mean() * weight, "wrong_teachers": (discrimination <= 0).float().mean() * weight,
+                   **losses.extremes("alpha", alpha, weight), **losses.extremes("tau", tau, weight)}
+    values["loss"] = loss
+    return loss, values
 
 
 def _as_tensors(dataset) -> dict[str, list[Tensor]]:

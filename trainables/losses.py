@@ -12,6 +12,7 @@ loop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
@@ -101,8 +102,30 @@ class Extreme(StrEnum):
         """How a logging window reduces ``metric``'s per-step values."""
         return {f"_{cls.MIN}": torch.min, f"_{cls.MAX}": torch.max}.get(metric[-4:], torch.mean)
 
+    @classmethod
+    def combiner(cls, metric: str):
+        """How the micro-batches of one optimizer step combine ``metric``: each batch's value of a mean is its share
+        of the step's (``StepShare``), so shares add up; minima and maxima are taken over the batches."""
+        return {f"_{cls.MIN}": torch.minimum, f"_{cls.MAX}": torch.maximum}.get(metric[-4:], torch.add)
 
-def extremes(name: str, values: Tensor) -> dict[str, Tensor]:
-    """The logged statistics (``Extreme``) of per-sample values."""
-    return {Extreme.MEAN.of(name): values.mean(), Extreme.MIN.of(name): values.min(),
+
+def extremes(name: str, values: Tensor, weight: float = 1.0) -> dict[str, Tensor]:
+    """The logged statistics (``Extreme``) of per-sample values; the mean counts as ``weight`` of its step's
+    (``StepShare.of_revisited``)."""
+    return {Extreme.MEAN.of(name): values.mean() * weight, Extreme.MIN.of(name): values.min(),
             Extreme.MAX.of(name): values.max()}
+
+
+@dataclass(frozen=True)
+class StepShare:
+    """What a batch's loss terms are divided by: the CE items (samples, or target tokens) and the revisited samples
+    of the optimizer step the batch belongs to. The recipe trains an optimizer step as one batch, whose own counts
+    these are; a ``transformers.Trainer`` with gradient accumulation splits a step into micro-batches, each
+    normalised by the whole step's counts so that their gradients add up to the step's."""
+
+    items: int | Tensor
+    revisited: int
+
+    def of_revisited(self, revisited: int) -> float:
+        """The weight of a batch with ``revisited`` of the step's revisited samples (1.0 for the whole step)."""
+        return revisited / self.revisited

@@ -138,6 +138,34 @@ def aligned(teachers: TokenTeachers, targets: Tensor, mask: Tensor) -> tuple[Tok
     return teachers, prefix & same
 
 
+def split_teachers(teachers: TokenTeachers) -> list[TokenTeachers]:
+    """One ``TokenTeachers`` per sequence (each ``(1, T)``), to be kept by sample and batched again
+    (``stack_teachers``) in whatever order the sequences come back."""
+    counts = teachers.mask.sum(-1).tolist()
+
+    def rows(tensor: Tensor | None) -> list:
+        return [None] * len(counts) if tensor is None else list(tensor.split(counts))
+
+    per_token = [t.split(1) for t in (teachers.alpha, teachers.tau, teachers.targets, teachers.mask)]
+    return [TokenTeachers(logits, ids, rest, grid, *positions) for logits, ids, rest, grid, *positions
+            in zip(rows(teachers.logits), rows(teachers.ids), rows(teachers.rest), rows(teachers.grid), *per_token)]
+
+
+def stack_teachers(parts: list[TokenTeachers]) -> TokenTeachers:
+    """The teachers of several sequences as one batch, in the order of ``parts``, right-padded (padding positions
+    are off the mask, so they hold no rows and never teach)."""
+    length = max(part.mask.shape[1] for part in parts)
+
+    def positions(name: str, value) -> Tensor:
+        return torch.cat([F.pad(getattr(p, name), (0, length - p.mask.shape[1]), value=value) for p in parts])
+
+    def rows(name: str) -> Tensor | None:
+        return None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+
+    return TokenTeachers(rows("logits"), rows("ids"), rows("rest"), rows("grid"), alpha=positions("alpha", 0.0),
+                         tau=positions("tau", 1.0), targets=positions("targets", 0), mask=positions("mask", False))
+
+
 def _first_positions(teachers: TokenTeachers, length: int) -> TokenTeachers:
     if length >= teachers.mask.shape[1]:
         return teachers
