@@ -343,9 +343,11 @@ def _plan(args) -> int:
 def _write_report(study_dir: Path) -> None:
     from study.report import write_report
 
-    folder, verdicts = write_report(study_dir)
+    folder, verdicts, arguments = write_report(study_dir)
     for line in verdicts:
         print(f"verdict: {line}")
+    for method, text in arguments.items():
+        print(f"trainer: {method}: SelfDistillationArguments(output_dir, {text})")
     print(f"report: {folder}")
 
 

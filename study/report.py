@@ -64,11 +64,12 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     dynamics_figure(client, table, spec, out / "dynamics")
     importance = importance_figure(table, spec, out / "importance")
     comparison = [selection.summary(spec) for selection in chosen]
+    arguments = trainer_settings(spec, chosen)
     (out / "summary.md").write_text(summary(spec, table, judged, comparison, heatmaps, traces, importance,
-                                            state.failure_threshold))
+                                            state.failure_threshold, arguments))
     (out / "verdicts.json").write_text(json.dumps([_verdict_record(v) for v in judged], indent=2))
     write_page(out, spec, table, comparison, judged, [headline(data) for data in heatmaps],
-               client.get_run(state.tracking.parent_run_id))
+               client.get_run(state.tracking.parent_run_id), arguments)
 
     parent = state.tracking.parent_run_id
     log_verdicts(client, parent, judged)
@@ -81,7 +82,20 @@ def write_report(study_dir: Path) -> tuple[Path, list[str]]:
     for folder in FIGURE_FOLDERS:
         if any((out / folder).iterdir()):
             client.log_artifacts(parent, str(out / folder), folder)
-    return out, [verdict.text() for verdict in judged]
+    return out, [verdict.text() for verdict in judged], arguments
+
+
+def trainer_settings(spec: StudySpec, chosen: list) -> dict[str, str]:
+    """Each searched method at the setting the study chose, as ``SelfDistillationArguments`` keyword arguments to
+    paste into one's own Trainer script (``trainables/hf``)."""
+    from trainables.config import parse_config
+    from trainables.hf.settings import arguments_text, trainer_arguments
+    from trainables.task_kinds import TaskKind, task_kind
+
+    causal_lm = task_kind(spec.task) is TaskKind.GENERATION
+    return {selection.method: arguments_text(trainer_arguments(
+                parse_config(spec.base_run(selection.method), values=selection.setting), causal_lm))
+            for selection in chosen if selection.method in map(str, spec.methods)}
 
 
 def read_results(study_dir: Path) -> tuple[StudySpec, StudyState, pd.DataFrame, list]:
@@ -347,7 +361,8 @@ def importance_figure(table: pd.DataFrame, spec: StudySpec, folder: Path) -> dic
 
 
 def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], comparison: list[dict],
-            heatmaps: list[dict], traces: list[str], importance: dict, threshold: float | None) -> str:
+            heatmaps: list[dict], traces: list[str], importance: dict, threshold: float | None,
+            arguments: dict[str, str]) -> str:
     lines = [f"# Study {spec.name}", "", spec.description, "", "## Verdicts", "",
              method_text(spec.metric.test, spec.equivalence_margin), ""]
     lines += [f"- {verdict.text()}" for verdict in judged] or ["- nothing to compare: no two methods ran"]
@@ -373,6 +388,11 @@ def summary(spec: StudySpec, table: pd.DataFrame, judged: list[Verdict], compari
         lines += ["", "## Parameter importance"] + [
             f"- {method}: " + ", ".join(f"{label(n)} {v:.2f}" for n, v in values.items())
             for method, values in importance.items()]
+    if arguments:
+        lines += ["", "## Use it in your own training script", "",
+                  "`trainables.hf.SelfDistillationArguments` (a `transformers.TrainingArguments`) with the chosen "
+                  "setting, for `SelfDistillationTrainer` or a Trainer subclass with `SelfDistillationMixin`:", ""]
+        lines += [f"- {method}: `SelfDistillationArguments(output_dir, {text})`" for method, text in arguments.items()]
     lines += ["", "Per-trial results: `results.csv`; verdicts: `verdicts.json`."]
     return "\n".join(lines) + "\n"
 

@@ -21,6 +21,7 @@ SECTIONS = {
     "verdicts": "Verdicts",
     "summary": "Summary",
     "comparison": "Methods compared",
+    "trainer": "Use it in your own training script",
     "heatmaps": "τ × α heatmaps",
     "parallel": "Every trial: parallel coordinates",
     "grad-norms": "Per-layer gradient norms",
@@ -58,13 +59,14 @@ CAPTIONS = {
 
 
 def write_page(out: Path, spec, table: pd.DataFrame, comparison: list[dict], judged: list, headlines: list[str],
-               parent_run) -> Path:
+               parent_run, arguments: dict[str, str]) -> Path:
     """Write ``out/index.html`` from the report's tables and the figures already drawn under ``out``."""
     names = {"metric": spec.metric, "test": spec.metric.test}
     sections = {
         "verdicts": _verdicts(judged, spec),
         "summary": _summary(spec, table, headlines, parent_run),
         "comparison": _comparison(comparison, spec),
+        "trainer": _trainer(arguments),
         "heatmaps": _figures(out / "heatmaps", CAPTIONS["heatmaps"].format(**names),
                              "No heatmap: heatmaps are drawn for grid searches over two fields."),
         "parallel": _figures(out / "trials", CAPTIONS["parallel"].format(**names),
@@ -203,6 +205,18 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return '<td class="num">' + ("—" if math.isnan(value) else f"{value:.4g}") + "</td>"
     return f"<td>{_e(value)}</td>"
+
+
+def _trainer(arguments: dict[str, str]) -> str:
+    if not arguments:
+        return "<p>No searched method: nothing was chosen.</p>"
+    lines = "\n".join(f"# {method}\nargs = SelfDistillationArguments(output_dir, {text})"
+                      for method, text in arguments.items())
+    return ("<p>The chosen settings as arguments of a transformers Trainer with selfd's methods "
+            "(<code>trainables.hf</code>; README, “Use it in your own training script”):</p>"
+            f"<pre>from trainables.hf import SelfDistillationArguments, SelfDistillationTrainer\n{_e(lines)}\n"
+            "SelfDistillationTrainer(model=model, args=args, train_dataset=train, data_collator=collator).train()"
+            "</pre>")
 
 
 def _settings(spec_file: Path, parent_run) -> str:

@@ -44,7 +44,7 @@ def recipe_steps(config) -> dict[int, dict]:
     return steps.steps
 
 
-def trainer_for(config, tmp_path, **arguments) -> SelfDistillationTrainer:
+def trainer_for(config, tmp_path, trainer_class=None, model_init=None, **arguments) -> SelfDistillationTrainer:
     """A Trainer on the recipe's own tokenized training split and model, with the recipe's optimizer settings."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
@@ -61,18 +61,19 @@ def trainer_for(config, tmp_path, **arguments) -> SelfDistillationTrainer:
         objective.tokenizer.padding_side = "right"  # as the recipe pads
         collator = DataCollatorForSeq2Seq(objective.tokenizer, label_pad_token_id=-100)
     total_steps = config.steps_per_epoch(objective.train_size) * training.epochs
-    args = SelfDistillationArguments(
-        str(tmp_path / "trainer"), per_device_train_batch_size=training.batch_size, num_train_epochs=training.epochs,
-        learning_rate=training.learning_rate, weight_decay=training.weight_decay,
-        warmup_steps=round(training.warmup_ratio * total_steps), max_grad_norm=training.max_grad_norm,
-        optim="adamw_torch_fused", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-        seed=training.seed, dataloader_pin_memory=False, disable_tqdm=True,
-        selfd_method=str(config.method), selfd_alpha=distill.alpha, selfd_tau=distill.tau,
-        selfd_reuse=distill.reuse, selfd_teacher_storage=distill.teacher_storage, selfd_topk=distill.topk,
-        **arguments)
+    args = SelfDistillationArguments(**{
+        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": training.batch_size,
+        "num_train_epochs": training.epochs, "learning_rate": training.learning_rate,
+        "weight_decay": training.weight_decay, "warmup_steps": round(training.warmup_ratio * total_steps),
+        "max_grad_norm": training.max_grad_norm, "optim": "adamw_torch_fused", "logging_steps": 1,
+        "save_strategy": "no", "report_to": [], "use_cpu": True, "seed": training.seed,
+        "dataloader_pin_memory": False, "disable_tqdm": True,
+        "selfd_method": str(config.method), "selfd_alpha": distill.alpha, "selfd_tau": distill.tau,
+        "selfd_reuse": distill.reuse, "selfd_teacher_storage": distill.teacher_storage, "selfd_topk": distill.topk,
+        **arguments})
     torch.set_num_threads(TEST_CPUS)
-    return SelfDistillationTrainer(model_init=objective.load_model, args=args, train_dataset=features,
-                                   data_collator=collator)
+    return (trainer_class or SelfDistillationTrainer)(model_init=model_init or objective.load_model, args=args,
+                                                      train_dataset=features, data_collator=collator)
 
 
 def logged_steps(trainer) -> dict[int, dict]:
@@ -135,3 +136,131 @@ def test_arguments_refuse_what_the_methods_cannot_do(tmp_path):
     with pytest.raises(ValueError, match="train_sampling_strategy 'sequential'"):
         SelfDistillationArguments(str(tmp_path), train_sampling_strategy="sequential")
     SelfDistillationArguments(str(tmp_path), per_device_train_batch_size=3, selfd_method="vanilla")
+
+
+def without_dropout(load_model):
+    def load():
+        model = load_model()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        return model
+    return load
+
+
+def test_gradient_accumulation_trains_and_logs_the_same_steps(tmp_path):
+    """B = 8 as one batch or as 2 micro-batches of 4: the same optimizer steps, losses and α/τ statistics (dropout
+    off, which draws its masks per forward pass)."""
+    config = run_config("classifier-static", epochs=1)
+    runs = []
+    for micro, accumulation in ((8, 1), (4, 2)):
+        trainer = trainer_for(config, tmp_path / str(micro), model_init=without_dropout(load_data(config).load_model),
+                              per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation)
+        trainer.train()
+        runs.append(logged_steps(trainer))
+    whole, accumulated = runs
+    assert sorted(whole) == sorted(accumulated) == list(range(1, 9))  # 32 samples, 4 fresh a step
+    for step in whole:
+        for key in LOGGED:
+            if key in whole[step]:
+                assert math.isclose(whole[step][key], accumulated[step][key], rel_tol=1e-4, abs_tol=1e-6), (step, key)
+
+
+class VisitRecorder(SelfDistillationTrainer):
+    """Records each training micro-batch's visits and whether it distilled (its logged kd)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.visits = getattr(self, "visits", [])
+            self.visits.append((self.state.global_step + 1, [tuple(v) for v in inputs["selfd_visits"].tolist()]))
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_resume_continues_the_batches_and_starts_without_teachers(tmp_path):
+    config = run_config("classifier-dynamic")
+    whole = trainer_for(config, tmp_path, VisitRecorder, save_strategy="steps", save_steps=5)
+    whole.train()
+    resumed = trainer_for(config, tmp_path, VisitRecorder)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "trainer" / "checkpoint-5"))
+    assert resumed.visits == [(step, visits) for step, visits in whole.visits if step > 5]
+    logs = logged_steps(resumed)
+    assert "kd" not in logs[6] and "ce" in logs[6] and all("kd" in logs[step] for step in logs if step > 6)
+
+
+def test_group_by_length_gives_the_recipes_length_grouped_fresh_batches():
+    from trainables.batching import fresh_batches
+
+    lengths = torch.randint(5, 60, (40,), generator=torch.Generator().manual_seed(0))
+    sampler = DLBBatchSampler(40, 8, "previous", seed=2, lengths=lengths)
+    fresh = [[v.index for v in batch if v.teacher < 0] for batch in sampler]
+    assert fresh == [b.tolist() for b in fresh_batches(40, 4, torch.Generator().manual_seed(2), lengths)]
+
+
+def test_evaluation_has_no_distillation_term(tmp_path):
+    import torch.nn.functional as F
+
+    config = run_config("classifier-static", epochs=1)
+    trainer = trainer_for(config, tmp_path)
+    trainer.train()  # teachers are held when it ends
+    features = trainer.train_dataset[:16]
+    evaluated = trainer.evaluate(eval_dataset=features)["eval_loss"]
+    batch = trainer.data_collator(features)
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert math.isclose(evaluated, F.cross_entropy(logits, batch["labels"]).item(), rel_tol=1e-5)
+
+
+def test_ddp_on_two_processes_each_revisits_its_own_previous_step(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(Path(__file__).parent / "ddp_trainer.py"), str(tmp_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(rank["world_size"] == 2 for rank in ranks)
+    for rank in ranks:
+        steps = rank["visits"]
+        assert [step for step, _ in steps] == list(range(1, len(steps) + 1)) == rank["steps"]
+        for (_, before), (_, after) in zip(steps, steps[1:]):
+            kept = {keep: index for index, _, keep in before if keep >= 0}
+            assert {teacher: index for index, teacher, _ in after if teacher >= 0} == kept
+    fresh = [{index for _, visits in rank["visits"] for index, teacher, _ in visits if teacher < 0} for rank in ranks]
+    assert not fresh[0] & fresh[1] and len(fresh[0] | fresh[1]) == 32  # the ranks share the epoch, no sample
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP kept the two copies of the model in step
+
+
+def test_the_method_settings_are_read_from_the_args_at_every_step(tmp_path):
+    """A search sets α and τ on ``trainer.args`` after the trainer is built: the steps distil with those."""
+    config = run_config("classifier-static", epochs=1)
+    trainer = trainer_for(config, tmp_path)
+    trainer.args.selfd_alpha, trainer.args.selfd_tau = 0.25, 4.0
+    trainer.train()
+    distilled = [entry for entry in logged_steps(trainer).values() if "kd" in entry]
+    assert distilled and all(e["alpha_mean"] == 0.25 and e["tau_mean"] == 4.0 for e in distilled)
+
+
+def test_the_example_searches_alpha_tau_and_learning_rate_with_ray_tune_and_asha(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "trainer_hp_search.py"
+    command = [sys.executable, str(example), "--trials", "2", "--train", "32", "--layers", "1", "--epochs", "2",
+               "--output-dir", str(tmp_path / "search"), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
+    assert 0.0 <= best["objective"] <= 1.0
+    assert best["hyperparameters"]["selfd_alpha"] in (0.5, 1.0, 2.0)
+    assert best["hyperparameters"]["selfd_tau"] in (1.0, 2.0, 4.0)
+    assert 3e-5 <= best["hyperparameters"]["learning_rate"] <= 3e-4

@@ -127,13 +127,23 @@ def test_report_twice_keeps_runs_and_replaces_artifacts(grid_study, capsys):
     before = sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps"))
     for _ in range(2):
         assert main(["report", str(grid_study)]) == 0
-    *_, first, second, third, report_line = capsys.readouterr().out.splitlines()
+    *_, first, second, third, trainer, report_line = capsys.readouterr().out.splitlines()
     assert [first, second, third] == [
         "verdict: static vs vanilla_repeat: no verdict (2 shared seeds; a paired verdict needs at least 3 — run more "
         "seeds)", "verdict: static vs vanilla: no verdict (2 shared seeds; a paired verdict needs at least 3 — run "
         "more seeds)", "verdict: dynamic vs static: no verdict (2 shared seeds; a paired verdict needs at least 3 — "
         "run more seeds)"]
     assert report_line == f"report: {grid_study / 'report'}"
+    # the searched method's chosen cell, as arguments to paste into one's own Trainer script
+    from trainables.hf import SelfDistillationArguments
+
+    chosen = json.loads(next((grid_study / "report" / "heatmaps").glob("*.json")).read_text())["best"]
+    assert trainer.startswith("trainer: static: SelfDistillationArguments(output_dir, selfd_method='static', ")
+    args = eval(trainer.split(": ", 2)[2], {"SelfDistillationArguments": SelfDistillationArguments,  # noqa: S307
+                                            "output_dir": str(grid_study / "trainer")})
+    assert (args.selfd_tau, args.selfd_alpha) == (chosen["x"], chosen["y"])
+    assert (args.per_device_train_batch_size, args.learning_rate, args.num_train_epochs) == (8, 1e-4, 2)
+    assert "selfd_alpha=" in (grid_study / "report" / "summary.md").read_text()
     client, info, parents_after, children_after = study_runs(grid_study)
     assert len(parents_after) == len(parents) == 1 and len(children_after) == len(children)
     assert sorted(a.path for a in client.list_artifacts(info["parent_run_id"], "heatmaps")) == before

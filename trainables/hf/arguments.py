@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from trainables.config import DistillConfig
 from trainables.errors import ConfigError
+from trainables.hf.settings import DISTILL_FIELDS
 from trainables.methods import METHODS, Method
 from trainables.schema import validated
 
@@ -55,9 +56,7 @@ class SelfDistillationArguments(TrainingArguments):
 
     def distill_config(self) -> DistillConfig:
         """The ``distill`` section of a selfd run with these values (the same checks and defaults)."""
-        values = {"alpha": self.selfd_alpha, "tau": self.selfd_tau, "reuse": self.selfd_reuse,
-                  "rule": self.selfd_rule, "warmup_fraction": self.selfd_warmup_fraction,
-                  "teacher_storage": self.selfd_teacher_storage, "topk": self.selfd_topk}
+        values = {field: getattr(self, name) for name, field in DISTILL_FIELDS.items()}
         try:
             return validated(DistillConfig, values)
         except ConfigError as error:
