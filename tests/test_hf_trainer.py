@@ -14,6 +14,7 @@ from recipe_runs import RUNS
 from trainables.config import parse_config
 from trainables.hf import SelfDistillationArguments, SelfDistillationTrainer
 from trainables.hf.batches import DLBBatchSampler
+from trainables.hf.from_recipe import trainer_like_recipe
 from trainables.recipe import FineTuneRecipe, load_data
 
 LOGGED = ("ce", "kd", "loss", "alpha_mean", "alpha_min", "alpha_max", "tau_mean", "tau_min", "tau_max",
@@ -44,36 +45,10 @@ def recipe_steps(config) -> dict[int, dict]:
     return steps.steps
 
 
-def trainer_for(config, tmp_path, trainer_class=None, model_init=None, **arguments) -> SelfDistillationTrainer:
-    """A Trainer on the recipe's own tokenized training split and model, with the recipe's optimizer settings."""
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
-
-    objective = load_data(config)
-    training, distill = config.training, config.distill
-    if isinstance(objective.train_rows, dict):  # a classifier's token columns
-        rows = objective.train_rows
-        features = [{name: (rows[name][i].item() if name == "labels" else rows[name][i].tolist()) for name in rows}
-                    for i in range(objective.train_size)]
-        collator = DataCollatorWithPadding(objective.tokenizer)
-    else:  # a causal LM's (input ids, labels)
-        features = [{"input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist()}
-                    for ids, labels in zip(*objective.train_rows)]
-        objective.tokenizer.padding_side = "right"  # as the recipe pads
-        collator = DataCollatorForSeq2Seq(objective.tokenizer, label_pad_token_id=-100)
-    total_steps = config.steps_per_epoch(objective.train_size) * training.epochs
-    args = SelfDistillationArguments(**{
-        "output_dir": str(tmp_path / "trainer"), "per_device_train_batch_size": training.batch_size,
-        "num_train_epochs": training.epochs, "learning_rate": training.learning_rate,
-        "weight_decay": training.weight_decay, "warmup_steps": round(training.warmup_ratio * total_steps),
-        "max_grad_norm": training.max_grad_norm, "optim": "adamw_torch_fused", "logging_steps": 1,
-        "save_strategy": "no", "report_to": [], "use_cpu": True, "seed": training.seed,
-        "dataloader_pin_memory": False, "disable_tqdm": True,
-        "selfd_method": str(config.method), "selfd_alpha": distill.alpha, "selfd_tau": distill.tau,
-        "selfd_reuse": distill.reuse, "selfd_teacher_storage": distill.teacher_storage, "selfd_topk": distill.topk,
-        **arguments})
+def trainer_for(config, tmp_path, trainer_class=SelfDistillationTrainer, model_init=None, **arguments):
     torch.set_num_threads(TEST_CPUS)
-    return (trainer_class or SelfDistillationTrainer)(model_init=model_init or objective.load_model, args=args,
-                                                      train_dataset=features, data_collator=collator)
+    return trainer_like_recipe(config, str(tmp_path / "trainer"), trainer_class, model_init,
+                               **{"logging_steps": 1, "use_cpu": True, **arguments})
 
 
 def logged_steps(trainer) -> dict[int, dict]:
@@ -264,3 +239,40 @@ def test_the_example_searches_alpha_tau_and_learning_rate_with_ray_tune_and_asha
     assert best["hyperparameters"]["selfd_alpha"] in (0.5, 1.0, 2.0)
     assert best["hyperparameters"]["selfd_tau"] in (1.0, 2.0, 4.0)
     assert 3e-5 <= best["hyperparameters"]["learning_rate"] <= 3e-4
+
+
+def test_the_mixin_composes_with_trls_sft_trainer(tmp_path):
+    """DynSDPB at the token level inside TRL's SFTTrainer (its own dataset preparation and collator: prompt tokens
+    carry no label), SmolLM2's first 2 blocks."""
+    from dataclasses import dataclass
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from trainables.hf import SelfDistillationMixin
+    from trainables.models import load_causal_lm, load_tokenizer, resolve_model
+
+    @dataclass
+    class SelfDistillationSFTConfig(SelfDistillationArguments, SFTConfig):
+        pass
+
+    class SelfDistillationSFTTrainer(SelfDistillationMixin, SFTTrainer):
+        pass
+
+    path = resolve_model("smollm2-135m")
+    rows = [{"prompt": f"Is {i} an even number? Answer:", "completion": " yes" if i % 2 == 0 else " no"}
+            for i in range(16)]
+    args = SelfDistillationSFTConfig(
+        str(tmp_path), selfd_method="dynamic", selfd_alpha=1.0, selfd_tau=2.0, selfd_teacher_storage="int8",
+        per_device_train_batch_size=4, num_train_epochs=2, learning_rate=3e-4, logging_steps=1, report_to=[],
+        use_cpu=True, save_strategy="no", max_length=32, disable_tqdm=True)
+    torch.set_num_threads(TEST_CPUS)
+    trainer = SelfDistillationSFTTrainer(model=load_causal_lm(path, 2), args=args, train_dataset=Dataset.from_list(rows),
+                                         processing_class=load_tokenizer(path))
+    trainer.train()
+    steps = logged_steps(trainer)
+    assert sorted(steps) == list(range(1, 17))  # 16 sequences, 2 fresh a step, 2 epochs
+    assert "kd" not in steps[1] and all("kd" in steps[s] for s in range(2, 17))
+    assert all(0 <= steps[s]["alpha_min"] <= steps[s]["alpha_max"] <= 1 <= steps[s]["tau_min"] <= steps[s]["tau_max"]
+               <= 2 for s in range(2, 17))
+    assert sum(steps[s]["loss"] for s in range(13, 17)) < 0.5 * sum(steps[s]["loss"] for s in range(1, 5))
