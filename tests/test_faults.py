@@ -22,6 +22,7 @@ def test_mlflow_outage_mid_study_is_kept_locally_then_synced(tmp_path, postgresq
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     spec = {**TINY, "name": "outage", "baselines": [], "seeds": [0],
+            "task": {**TINY["task"], "train_subset": 64},  # trials long enough that two are left when MLflow goes
             "training": {**TINY["training"], "epochs": 2, "grad_norm_every": 0},
             "search": {"algorithm": "grid", "space": {"distill.alpha": {"values": [0.5, 1.0, 2.0]}}},
             "max_concurrent_trials": 1, "mlflow": {"tracking_uri": uri}}

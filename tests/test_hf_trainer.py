@@ -74,6 +74,17 @@ def test_trainer_gives_the_recipes_losses_and_alpha_tau_step_by_step(name, tmp_p
     print(f"{name}: largest per-step difference {largest:.2e} over {len(want)} steps")
 
 
+def test_a_head_the_methods_are_not_written_for_is_refused_before_training(tmp_path):
+    from transformers import AutoModelForTokenClassification
+
+    config = run_config("classifier-static")
+    path = load_data(config).model_path
+    trainer = trainer_for(config, tmp_path, model_init=lambda: AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=2, num_hidden_layers=1))
+    with pytest.raises(ValueError, match="BertForTokenClassification is neither: use selfd_method vanilla"):
+        trainer.train()
+
+
 def test_gradient_accumulation_splits_each_step_and_revisits_across_steps():
     sampler = DLBBatchSampler(12, 8, "previous", seed=0, micro_batches=2)
     batches = list(sampler)

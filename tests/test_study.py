@@ -17,13 +17,13 @@ from study.cli import main
 
 TINY = {
     "name": "tiny",
-    "description": "a 2 x 2 grid on 64 examples",
+    "description": "a 2 x 2 grid on 32 examples",
     "methods": ["static"],
     "baselines": ["vanilla", "vanilla_repeat", "dynamic"],
     "seeds": [0, 1],
     "model": {"name": "minilm-l6", "num_layers": 2},
-    "task": {"name": "epistemic_reasoning", "max_length": 64, "train_subset": 64, "validation_subset": 64,
-             "test_subset": 64},
+    "task": {"name": "epistemic_reasoning", "max_length": 64, "train_subset": 32, "validation_subset": 32,
+             "test_subset": 32},
     "training": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-4, "log_every": 2, "grad_norm_every": 2},
     "search": {"algorithm": "grid", "space": {"distill.tau": {"values": [1.0, 3.0]},
                                               "distill.alpha": {"values": [0.5, 1.0]}}},
@@ -74,7 +74,7 @@ def test_grid_study_records_parent_children_metrics_and_heatmap(grid_study):
         # test is scored where validation makes an evaluation the best so far, and nowhere else
         assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == chosen
         assert child.data.params["training.metric_for_best_model"] == "val_accuracy"  # the study's metric
-        assert len(client.get_metric_history(run_id, "loss")) >= 8  # 64 examples, every 2nd step, 2 epochs
+        assert len(client.get_metric_history(run_id, "loss")) >= 4  # 32 examples, every 2nd step, 2 epochs
         assert client.get_metric_history(run_id, "grad_norm/block_00")
     dynamic = next(c for c in children if c.data.params["method"] == "dynamic")
     assert {"alpha_mean", "alpha_min", "alpha_max", "tau_mean", "kd", "ce"} <= set(dynamic.data.metrics)
@@ -221,7 +221,7 @@ def test_tpe_with_asha_stops_trials_and_marks_their_runs(local_ray, tmp_path):
     stopped = [c for c in children if c.info.status == "KILLED"]
     assert stopped, [c.info.status for c in children]
     for run in stopped:
-        assert re.fullmatch(r"ASHA stopped it after evaluation [123] \(step \d+ of 16, epoch 0\.\d+\)",
+        assert re.fullmatch(r"ASHA stopped it after evaluation [123] \(step \d+ of 8, epoch 0\.\d+\)",
                             run.data.tags["selfd.stopped_early"]), run.data.tags["selfd.stopped_early"]
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) < 4
     assert all(c.info.status in ("FINISHED", "KILLED") for c in children)

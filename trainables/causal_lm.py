@@ -16,8 +16,6 @@ generation task, trained token by token under teacher forcing (METHOD.md, "Langu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,17 +25,8 @@ from trainables.generation_tasks import load_generation_task, score_generations,
 from trainables.losses import StepShare, extremes
 from trainables.metrics import Metric, on_test
 from trainables.models import load_causal_lm, load_tokenizer, resolve_model
+from trainables.objective import Step
 from trainables.token_teachers import TokenTeachers, aligned, keep_teachers, per_sample, token_kl
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step's forward pass: the loss, what is logged, and what the next step's teachers are cut from."""
-
-    loss: Tensor
-    values: dict[str, Tensor]
-    logits: Tensor  # (N, T, V) at target positions
-    targets: Tensor  # (N, T), -100 off target tokens
 
 
 class CausalLMObjective:

@@ -26,6 +26,7 @@ from trainables.errors import ConfigError
 from trainables.frozen_prefix import FrozenPrefix
 from trainables.metrics import Metric, on_test
 from trainables.models import load_classifier, load_tokenizer, resolve_model
+from trainables.objective import Step
 from trainables.tasks import load_task, tokenized_task
 
 
@@ -33,15 +34,6 @@ from trainables.tasks import load_task, tokenized_task
 class LogitTeachers:
     """The logits the revisited samples got in the previous step (detached), one row per sample."""
 
-    logits: Tensor
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step's forward pass: the loss, what is logged, and what the next step's teachers are cut from."""
-
-    loss: Tensor
-    values: dict[str, Tensor]
     logits: Tensor
 
 

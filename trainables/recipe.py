@@ -1,9 +1,10 @@
 """One fine-tuning run: ``FineTuneRecipe(config).setup()`` then ``.train(reporter)`` (or ``fine_tune``).
 
-The recipe is written once for both model kinds; an *objective* owns what differs between them: batch
-assembly, the loss and its teachers, teacher storage and evaluation (``classification.ClassificationObjective``
-for encoder classifiers on classification tasks, ``causal_lm.CausalLMObjective`` for decoder-only models on
-generation tasks). The loop, the optimizer step, the reporting and the checkpoints are here.
+The recipe is written once for both model kinds; an *objective* (``trainables/objective.py``) owns what differs
+between them: batch assembly, the loss and its teachers, teacher storage and evaluation
+(``classification.ClassificationObjective`` for encoder classifiers on classification tasks,
+``causal_lm.CausalLMObjective`` for decoder-only models on generation tasks). The loop, the optimizer step, the
+reporting and the checkpoints are here.
 
 Supports:
 - methods (``trainables/methods.py``): ``vanilla`` (plain batches of B fresh samples, CE only),
@@ -53,9 +54,11 @@ from trainables.grad_norms import layer_groups, log10_grad_norms
 from trainables.losses import Extreme
 from trainables.methods import METHODS
 from trainables.models import check_frozen_layers, check_model_settings
+from trainables.objective import Objective
 from trainables.task_kinds import TaskKind, check_combination, task_kind
 
-OBJECTIVES = {TaskKind.CLASSIFICATION: ClassificationObjective, TaskKind.GENERATION: CausalLMObjective}
+OBJECTIVES: dict[TaskKind, type[Objective]] = {TaskKind.CLASSIFICATION: ClassificationObjective,
+                                               TaskKind.GENERATION: CausalLMObjective}
 CHECKPOINT_FILE = "training_state.pt"
 
 

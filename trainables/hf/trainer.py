@@ -61,6 +61,7 @@ class SelfDistillationMixin:
         self._share, self._step_values, self._window = None, {}, Window()
         if not self._dlb_batches():
             return super().get_train_dataloader()
+        self._causal_lm = self._is_causal_lm()
         args, dataset, collator = self.args, self.train_dataset, self.data_collator
         try:
             import datasets
@@ -80,6 +81,20 @@ class SelfDistillationMixin:
                             generator=torch.Generator())  # the loader draws its seed from here, not the global RNG
         return self.accelerator.prepare(loader)
 
+    def _is_causal_lm(self) -> bool:
+        """Sequence classifiers and causal LMs are what the methods are written for; another head is refused here,
+        before training, with what to use instead."""
+        model = self.accelerator.unwrap_model(self.model)
+        model = getattr(model, "get_base_model", lambda: model)()  # a PEFT model's own class
+        # transformers' own test (5.x): the model's loss is its causal-LM loss
+        if getattr(self, "_loss_shifts_labels", False) or type(model).__name__.endswith("ForCausalLM"):
+            return True
+        if type(model).__name__.endswith("ForSequenceClassification"):
+            return False
+        raise ValueError(f"selfd_method {self.args.selfd_method} distils sequence classifiers "
+                         f"(…ForSequenceClassification) and causal LMs (…ForCausalLM); {type(model).__name__} is "
+                         "neither: use selfd_method vanilla for it")
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """One optimizer step's micro-batches. A new step begins: the teachers kept in the last one teach now, and
         the step's CE items and revisited samples (those whose teacher is held) divide its micro-batches."""
@@ -87,7 +102,7 @@ class SelfDistillationMixin:
         if self._dlb_batches():
             self._end_step()
             self._teachers, self._kept = self._kept, {}
-            items = sum(int(_targets(batch["labels"]).ne(-100).sum()) for batch in batch_samples)
+            items = sum(int(_targets(batch["labels"], self._causal_lm).ne(-100).sum()) for batch in batch_samples)
             revisited = sum(teacher in self._teachers for batch in batch_samples
                             for _, teacher, _ in batch[VISITS].tolist() if teacher >= 0)
             self._share = StepShare(items, revisited)
@@ -107,7 +122,7 @@ class SelfDistillationMixin:
         teachers = [self._teacher(visits[row]) for row in taught]
         kept = [row for row, visit in enumerate(visits) if visit.keep >= 0]
         rows = _rows(taught)
-        if outputs.logits.dim() == 2:  # a sequence classifier
+        if not self._causal_lm:  # a sequence classifier
             logits = outputs.logits
             loss, values = classification.loss_terms(
                 logits, labels, LogitTeachers(torch.stack(teachers)) if teachers else None, rows, rule, step,
@@ -189,9 +204,9 @@ def _rows(rows: list[int]) -> slice | torch.Tensor:
     return slice(0, len(rows)) if rows == list(range(len(rows))) else torch.tensor(rows)
 
 
-def _targets(labels: torch.Tensor) -> torch.Tensor:
+def _targets(labels: torch.Tensor, causal_lm: bool) -> torch.Tensor:
     """What the CE is taken over: a classifier's labels, a causal LM's labels from the second token on."""
-    return labels if labels.dim() == 1 else labels[:, 1:]
+    return labels[:, 1:] if causal_lm else labels
 
 
 def _lengths(dataset, column: str) -> torch.Tensor:
